@@ -126,8 +126,11 @@ def _coerce(value, hint, where: str):
         if not isinstance(items, (list, tuple)) or not items:
             raise ConfigError(f"{where}: expected a name or a list of names, got {value!r}")
         return tuple(_coerce(v, args[0], where) for v in items)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:  # YAML 1.1 reads "2e-5" (no dot) as a string; every user writes it that way
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected float, got {value!r}") from None
     base = origin or hint
     if not isinstance(value, base) or (base is int and isinstance(value, bool)):
         raise ConfigError(f"{where}: expected {getattr(base, '__name__', base)}, got {value!r}")

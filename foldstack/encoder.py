@@ -50,6 +50,16 @@ def load_encoder(name: str, attention_dropout: float | None = None) -> nn.Module
         return AutoModel.from_pretrained(path, config=cfg)
 
 
+# Families whose position ids start after the padding index (RoBERTa: 514 positions hold 512 tokens).
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet")
+
+
+def usable_positions(encoder_config) -> int:
+    """How many tokens one text may have in this encoder."""
+    offset = encoder_config.pad_token_id + 1 if encoder_config.model_type in OFFSET_POSITIONS else 0
+    return encoder_config.max_position_embeddings - offset
+
+
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """hidden [B, T, H], mask [B, T] -> mean over real tokens [B, H]."""
     m = mask.unsqueeze(-1).to(hidden.dtype)
@@ -63,7 +73,9 @@ class Classifier(nn.Module):
         super().__init__()
         self.encoder, self.head_kind = encoder, head
         hidden = encoder.config.hidden_size
-        width = {"bilstm": 2 * lstm_hidden, "last4": 4 * hidden}.get(head, hidden)
+        # last4 concatenates up to four layers' [CLS] (hidden_states also holds the embeddings' output)
+        self.n_last = min(4, encoder.config.num_hidden_layers + 1)
+        width = {"bilstm": 2 * lstm_hidden, "last4": self.n_last * hidden}.get(head, hidden)
         self.lstm = nn.LSTM(hidden, lstm_hidden, batch_first=True, bidirectional=True) if head == "bilstm" else None
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(width, n_out)
@@ -77,7 +89,7 @@ class Classifier(nn.Module):
         enc = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=want_all)
         with torch.autocast(device_type=input_ids.device.type, enabled=False):
             if want_all:
-                pooled = torch.cat([h[:, 0] for h in enc.hidden_states[-4:]], dim=-1).float()
+                pooled = torch.cat([h[:, 0] for h in enc.hidden_states[-self.n_last:]], dim=-1).float()
             else:
                 pooled = self._pool(enc.last_hidden_state.float(), attention_mask)
             return self.out(self.dropout(pooled))
@@ -98,4 +110,7 @@ class Classifier(nn.Module):
 def build_model(cfg, n_out: int) -> Classifier:
     """A fresh classifier: pretrained encoder weights, newly initialised head (seeded by the caller)."""
     encoder = load_encoder(cfg.backbone, cfg.attention_dropout)
+    if cfg.max_len > usable_positions(encoder.config):
+        raise ValueError(f"max_len {cfg.max_len} exceeds the {usable_positions(encoder.config)} positions of "
+                         f"backbone {cfg.backbone!r}")
     return Classifier(encoder, cfg.head, n_out, cfg.lstm_hidden, cfg.dropout)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 
@@ -142,7 +143,9 @@ def fit(model, data: FoldData, cfg, metric: str, multilabel: bool, pad_id: int, 
              "optimizer": optimizer, "scheduler": make_scheduler(optimizer, total_steps, cfg.warmup)}
     rng = np.random.default_rng(seed)
     best, history = None, []
-    with open(log_path, "w") as log, tqdm(total=cfg.epochs * n_batches, desc="train", disable=None) as bar:
+    # On a terminal the bar refreshes live; in a log file (nohup, CI) one line every 30 s.
+    refresh = 0.1 if sys.stderr.isatty() else 30
+    with open(log_path, "w") as log, tqdm(total=cfg.epochs * n_batches, desc="train", mininterval=refresh) as bar:
         for epoch in range(cfg.epochs):
             t0 = time.perf_counter()
             train_loss = train_epoch(model, data, cfg, state, rng, bar)

@@ -1,0 +1,107 @@
+"""Shared fixtures: tiny random BERT / RoBERTa backbones (tokenizers trained here), small competitions.
+
+Nothing here touches the network: the backbones are built from configs, their tokenizers trained with
+`tokenizers` on a few hundred sentences, and saved as local directories that `backbone:` can name.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+
+WORDS = ("movie film plot actor scene story great boring awful brilliant funny slow script director music "
+         "paper model network learning data graph vision language robot security theory system").split()
+
+
+def corpus(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """n short texts over 3 classes whose words depend on the class (so a model can learn something)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    texts = []
+    for y in labels:
+        words = rng.choice(WORDS[y * 8:(y + 1) * 8], rng.integers(4, 30)).tolist() + rng.choice(WORDS, 3).tolist()
+        texts.append(" ".join(words).capitalize() + ".")
+    return texts, labels
+
+
+def _train_texts() -> list[str]:
+    return corpus(400)[0] + [" ".join(WORDS)] * 5
+
+
+def make_tiny_bert(path: Path) -> Path:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(_train_texts(), trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+    fast.save_pretrained(path)
+    cfg = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128)
+    BertModel(cfg).save_pretrained(path)
+    return path
+
+
+def make_tiny_roberta(path: Path) -> Path:
+    from tokenizers import ByteLevelBPETokenizer, processors
+    from transformers import PreTrainedTokenizerFast, RobertaConfig, RobertaModel
+    tok = ByteLevelBPETokenizer()
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids: <s>=0, <pad>=1, </s>=2
+    tok.train_from_iterator(_train_texts(), vocab_size=400, special_tokens=specials)
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                                   cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+    fast.save_pretrained(path)
+    cfg = RobertaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=66 + 2, pad_token_id=1, bos_token_id=0,
+                        eos_token_id=2, type_vocab_size=1)
+    RobertaModel(cfg).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta(tmp_path_factory) -> Path:
+    return make_tiny_roberta(tmp_path_factory.mktemp("tiny_roberta"))
+
+
+@pytest.fixture(params=["bert", "roberta"])
+def tiny_backbone(request, tiny_bert, tiny_roberta) -> Path:
+    return tiny_bert if request.param == "bert" else tiny_roberta
+
+
+def write_competition(ws: Path, n_train: int = 120, n_test: int = 40, **keys) -> Path:
+    """A small 3-class competition in `ws` (data/raw + data/competition.yaml); keys override the YAML."""
+    texts, labels = corpus(n_train + n_test, seed=1)
+    names = np.array(["neg", "neu", "pos"])
+    raw = ws / "data" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"id": [f"tr{i}" for i in range(n_train)], "text": texts[:n_train],
+                  "label": names[labels[:n_train]]}).to_csv(raw / "train.csv", index=False)
+    test_ids = [f"te{i}" for i in range(n_test)]
+    pd.DataFrame({"id": test_ids, "text": texts[n_train:]}).to_csv(raw / "test.csv", index=False)
+    pd.DataFrame({"id": test_ids, "label": "neg"}).to_csv(raw / "sample_submission.csv", index=False)
+    pd.DataFrame({"id": test_ids, "label": names[labels[n_train:]]}).to_csv(ws / "data" / "solution.csv",
+                                                                           index=False)
+    import yaml
+    comp = {"train": "data/raw/train.csv", "test": "data/raw/test.csv",
+            "sample_submission": "data/raw/sample_submission.csv", "text": ["text"], "label": "label",
+            "n_folds": 3, **keys}
+    (ws / "data" / "competition.yaml").write_text(yaml.safe_dump(comp))
+    return ws

@@ -1,0 +1,89 @@
+"""Folds are disjoint, covering, stratified, group-safe and reproducible; configs refuse what they don't know."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from foldstack import config
+from foldstack.folds import assign_folds, training_mask
+
+
+def comp(**keys):
+    return config.Competition(**keys)
+
+
+def train_frame(n=200, groups=False, multilabel=False, seed=0):
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"id": [f"r{i}" for i in range(n)]})
+    if multilabel:
+        df["labels"] = [sorted(set(rng.integers(0, 6, rng.integers(1, 3)).tolist())) for _ in range(n)]
+    else:
+        df["label"] = rng.integers(0, 4, n)
+    if groups:
+        df["group"] = rng.integers(0, 40, n).astype(str)
+    return df
+
+
+@pytest.mark.parametrize("kind", ["stratified", "grouped", "multilabel"])
+def test_folds_disjoint_covering_and_seeded(kind):
+    df = train_frame(groups=kind == "grouped", multilabel=kind == "multilabel")
+    c = comp(task="multilabel" if kind == "multilabel" else "multiclass",
+             group="g" if kind == "grouped" else None, n_folds=5, seed=7)
+    fold = assign_folds(df, c, n_classes=6)
+    assert fold.shape == (len(df),) and set(fold) == set(range(5))  # every row in exactly one fold
+    val_sets = [set(np.flatnonzero(fold == k)) for k in range(5)]
+    assert sum(map(len, val_sets)) == len(df)
+    for k in range(5):  # a row is on the training side of every fold but its own
+        assert not (set(np.flatnonzero(training_mask(fold, k))) & val_sets[k])
+    assert (assign_folds(df, c, 6) == fold).all(), "same seed, same folds"
+    other = assign_folds(df, config.Competition(**{**c.__dict__, "seed": 8}), 6)
+    assert not (other == fold).all(), "the seed must matter (iterative stratification needs shuffle=True)"
+    if kind == "grouped":
+        assert (df.assign(f=fold).groupby("group")["f"].nunique() == 1).all(), "a group straddles folds"
+
+
+def test_stratified_folds_keep_class_ratios():
+    df = train_frame(n=1000)
+    fold = assign_folds(df, comp(n_folds=5), 4)
+    overall = np.bincount(df["label"], minlength=4) / len(df)
+    for k in range(5):
+        share = np.bincount(df["label"][fold == k], minlength=4) / (fold == k).sum()
+        assert np.abs(share - overall).max() < 0.02
+
+
+def test_unknown_key_and_bad_type_name_file_and_key(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("epochs: 2\nlearning_rate: 1e-5\n")
+    with pytest.raises(config.ConfigError, match=r"m\.yaml: unknown key 'learning_rate'"):
+        config.load(config.Model, path)
+    path.write_text("epochs: two\n")
+    with pytest.raises(config.ConfigError, match=r"m\.yaml: key 'epochs': expected int"):
+        config.load(config.Model, path)
+    path.write_text("head: gru\n")
+    with pytest.raises(config.ConfigError, match=r"key 'head' must be one of"):
+        config.load(config.Model, path)
+
+
+def test_overrides_are_checked_like_yaml(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("epochs: 2\nlr: 2.0e-5\n")
+    cfg = config.load(config.Model, path, config.parse_overrides(["--epochs=1", "--lr=3e-5", "--max-len=64"]))
+    assert (cfg.epochs, cfg.lr, cfg.max_len) == (1, 3e-5, 64)
+    with pytest.raises(config.ConfigError, match="unknown key 'epoch'"):
+        config.load(config.Model, path, config.parse_overrides(["--epoch=1"]))
+    with pytest.raises(dataclasses_frozen_error()):
+        cfg.epochs = 3
+
+
+def dataclasses_frozen_error():
+    import dataclasses
+    return dataclasses.FrozenInstanceError
+
+
+def test_competition_lists_and_checks(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("text: [title, abstract]\nlabel: categories\ntask: multiclass\nsep: \"\\t\"\n")
+    c = config.load(config.Competition, path)
+    assert c.text == ("title", "abstract") and c.label == ("categories",) and c.sep == "\t"
+    path.write_text("task: regression\n")
+    with pytest.raises(config.ConfigError, match="key 'task' must be one of"):
+        config.load(config.Competition, path)

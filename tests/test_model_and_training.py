@@ -1,0 +1,171 @@
+"""The encoder + head, the optimizer groups, batching and the training loop's invariants (tiny random models)."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from foldstack import config, trainer
+from foldstack.batching import collate, encode, special_frame, train_batches, truncate
+from foldstack.encoder import build_model, load_tokenizer
+from foldstack.optim import make_optimizer, make_scheduler, param_groups
+from foldstack.prep import FIELD_SEP
+from tests.conftest import corpus
+
+
+def cfg_for(backbone, **keys):
+    base = dict(backbone=str(backbone), max_len=32, epochs=2, batch_size=8, eval_batch_size=16, lr=1e-3,
+                head_lr=1e-2, lstm_hidden=8, amp="off", warmup=0.0)
+    return config.Model(**{**base, **keys})
+
+
+@pytest.mark.parametrize("head", ["bilstm", "cls", "mean", "last4"])
+def test_every_trainable_parameter_in_exactly_one_group(tiny_backbone, head):
+    model = build_model(cfg_for(tiny_backbone, head=head), n_out=3)
+    groups = param_groups(model, lr=1e-3, layer_decay=0.9, head_lr=1e-2, weight_decay=0.01)
+    seen = [id(p) for g in groups for p in g["params"]]
+    assert len(seen) == len(set(seen)), "a parameter sits in two groups"
+    assert set(seen) == {id(p) for p in model.parameters() if p.requires_grad}, "a parameter has no group"
+    by_name = {g["name"]: g for g in groups}
+    assert by_name["head"]["lr"] == 1e-2 and by_name["encoder_depth0"]["lr"] == 1e-3
+    n_layers = model.encoder.config.num_hidden_layers
+    assert by_name[f"encoder_depth{n_layers}_nodecay"]["lr"] == pytest.approx(1e-3 * 0.9 ** n_layers)  # embeddings
+    assert all(g["weight_decay"] == 0 for g in groups if g["name"].endswith("_nodecay"))
+
+
+@pytest.mark.parametrize("head", ["bilstm", "cls", "mean", "last4"])
+def test_head_gets_gradients_and_padding_does_not_change_outputs(tiny_backbone, head):
+    torch.manual_seed(0)
+    model = build_model(cfg_for(tiny_backbone, head=head, dropout=0.0), n_out=3).eval()
+    tok = load_tokenizer(str(tiny_backbone))
+    seqs = encode(tok, ["great movie", "a boring slow script with awful music and a bad plot"], 32, "head")
+    short = collate(seqs[:1], tok.pad_token_id, 32)
+    both = collate(seqs, tok.pad_token_id, 32)  # the first row is now padded
+    with torch.no_grad():
+        assert torch.allclose(model(**short)[0], model(**both)[0], atol=1e-5)
+    model.train()
+    model(**both).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for m in model.head_modules() for p in m.parameters())
+
+
+def test_tokenizers_frame_fields_and_truncation(tiny_bert, tiny_roberta):
+    for path, pad in ((tiny_bert, 0), (tiny_roberta, 1)):
+        tok = load_tokenizer(str(path))
+        assert tok.pad_token_id == pad
+        prefix, suffix = special_frame(tok)
+        [ids] = encode(tok, ["plot " * 50], 16, "head_tail")
+        assert len(ids) == 16 and ids[:len(prefix)].tolist() == prefix and ids[-len(suffix):].tolist() == suffix
+        [ids] = encode(tok, [f"plot {FIELD_SEP} movie"], 16, "head")
+        assert tok.sep_token_id in ids[len(prefix):-len(suffix)].tolist(), "fields are split by the sep token"
+    assert truncate(list(range(10)), 4, "head") == [0, 1, 2, 3]
+    assert truncate(list(range(10)), 4, "tail") == [6, 7, 8, 9]
+    assert truncate(list(range(10)), 8, "head_tail") == [0, 1, 4, 5, 6, 7, 8, 9]
+
+
+def test_bucketed_batches_cover_every_row_once_and_pad_little():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 300, 2000)
+    batches = train_batches(lengths, 16, rng)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(2000))
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    assert padded < 1.15 * lengths.sum(), "length bucketing should keep padding small"
+    assert collate([np.arange(3), np.arange(9)], 1, 64)["input_ids"].shape == (2, 16)  # rounded to 8
+
+
+def fold_data(tok, n_train=40, n_val=16, multilabel=False):
+    texts, y = corpus(n_train + n_val + 8, seed=3)
+    ids = encode(tok, texts, 32, "head")
+    if multilabel:
+        y = np.eye(3, dtype=np.float32)[y]
+    return trainer.FoldData(ids[:n_train], y[:n_train], ids[n_train:n_train + n_val], y[n_train:n_train + n_val],
+                            ids[n_train + n_val:])
+
+
+def test_accumulation_steps_schedule_and_clipping_order(tiny_bert, tmp_path, monkeypatch):
+    cfg = cfg_for(tiny_bert, grad_accum=3, batch_size=4, epochs=2)  # 40 rows -> 10 batches -> 4 steps/epoch
+    tok = load_tokenizer(str(tiny_bert))
+    model = build_model(cfg, 3)
+    calls = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: (calls.append("clip"), real_clip(*a, **k))[1])
+    real_step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: (calls.append("step"), real_step(self, *a, **k))[1])
+    res = trainer.fit(model, fold_data(tok), cfg, "accuracy", False, tok.pad_token_id, tmp_path / "log", seed=0)
+    assert calls == ["clip", "step"] * 8, "one clip right before each of ceil(10/3)=4 steps per epoch"
+    assert res["val"].shape == (16, 3) and res["test"].shape == (8, 3)
+    assert len((tmp_path / "log").read_text().splitlines()) == 2, "one log line per epoch"
+
+
+def test_accumulated_gradient_equals_full_batch_gradient(tiny_bert):
+    """loss / window over k micro-batches == the loss of one batch of k times the size (same-size batches)."""
+    cfg = cfg_for(tiny_bert, head="mean")
+    tok = load_tokenizer(str(tiny_bert))
+    torch.manual_seed(0)
+    model = build_model(cfg, 3).eval()  # no dropout anywhere: both passes compute the same function
+    texts, y = corpus(8, seed=5)
+    seqs = encode(tok, texts, 32, "head")
+    batch = collate(seqs, tok.pad_token_id, 32)
+    trainer.loss_fn(model(**batch), torch.as_tensor(y), False).backward()
+    full = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    for half in (slice(0, 4), slice(4, 8)):
+        b = {k: v[half] for k, v in batch.items()}  # same padded width: identical per-row computation
+        (trainer.loss_fn(model(**b), torch.as_tensor(y[half]), False) / 2).backward()
+    for g_full, p in zip(full, model.parameters()):
+        assert torch.allclose(g_full, p.grad, atol=1e-5)
+
+
+def test_best_epoch_weights_give_the_predictions(tiny_bert, tmp_path, monkeypatch):
+    cfg = cfg_for(tiny_bert, epochs=3)
+    tok = load_tokenizer(str(tiny_bert))
+    model = build_model(cfg, 3)
+    scores = iter([0.5, 0.9, 0.1])  # epoch 2 is best; epoch 3 (the last) must not be used
+    monkeypatch.setattr(trainer.metrics, "score", lambda *a, **k: next(scores))
+    data = fold_data(tok)
+    res = trainer.fit(model, data, cfg, "accuracy", False, tok.pad_token_id, tmp_path / "log", seed=0)
+    assert res["best_epoch"] == 2
+    model.load_state_dict(res["weights"])
+    again = trainer.predict(model, data.test_ids, cfg, tok.pad_token_id, torch.device("cpu"), None, False)
+    assert np.allclose(again, res["test"], atol=1e-6), "test predictions come from the best epoch's weights"
+
+
+def test_multilabel_uses_sigmoid_and_bce(tiny_roberta, tmp_path):
+    cfg = cfg_for(tiny_roberta, epochs=1)
+    tok = load_tokenizer(str(tiny_roberta))
+    res = trainer.fit(build_model(cfg, 3), fold_data(tok, multilabel=True), cfg, "micro_f1", True,
+                      tok.pad_token_id, tmp_path / "log", seed=0)
+    assert res["val"].shape == (16, 3) and not np.allclose(res["val"].sum(1), 1.0)
+
+
+def test_amp_choices():
+    cpu = torch.device("cpu")
+    assert trainer.amp_dtype("off", cpu) is None
+    assert trainer.amp_dtype("bf16", cpu) is torch.bfloat16
+    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
+        trainer.amp_dtype("fp16", cpu)
+
+
+def test_bf16_autocast_trains_on_cpu(tiny_bert, tmp_path):
+    cfg = cfg_for(tiny_bert, epochs=1, amp="bf16")
+    tok = load_tokenizer(str(tiny_bert))
+    res = trainer.fit(build_model(cfg, 3), fold_data(tok), cfg, "accuracy", False, tok.pad_token_id,
+                      tmp_path / "log", seed=0)
+    assert res["amp"] == "bfloat16" and np.isfinite(res["val"]).all() and res["val"].dtype == np.float32
+
+
+def test_scheduler_reaches_zero_after_the_last_step(tiny_bert):
+    model = build_model(cfg_for(tiny_bert), 3)
+    opt = make_optimizer(model, cfg_for(tiny_bert))
+    sched = make_scheduler(opt, total_steps=10, warmup=0.2)
+    lrs = []
+    for _ in range(10):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[-1] == 0.0 and max(lrs) == pytest.approx(opt.param_groups[0]["initial_lr"])
+
+
+def test_max_len_beyond_positions_is_refused(tiny_roberta):
+    with pytest.raises(ValueError, match="exceeds the 66 positions"):
+        build_model(replace(cfg_for(tiny_roberta), max_len=100), 3)
