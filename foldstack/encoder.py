@@ -29,17 +29,23 @@ def resolve_backbone(name: str) -> str:
     return name
 
 
+def quiet_transformers() -> None:
+    """Silence load reports and length warnings: truncation is ours (batching.encode), pooler drops expected."""
+    from transformers.utils import logging
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
+    quiet_transformers()
     return AutoTokenizer.from_pretrained(resolve_backbone(name))
 
 
 def load_encoder(name: str, attention_dropout: float | None = None) -> nn.Module:
     """The pretrained encoder without its pooler (no head here uses it, and unused weights get no gradient)."""
     from transformers import AutoConfig, AutoModel
-    from transformers.utils import logging
-    logging.set_verbosity_error()  # the load report lists the dropped pooler weights: expected, not news
-    logging.disable_progress_bar()
+    quiet_transformers()
     path = resolve_backbone(name)
     cfg = AutoConfig.from_pretrained(path)
     if attention_dropout is not None:

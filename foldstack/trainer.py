@@ -127,7 +127,7 @@ def train_epoch(model, data: FoldData, cfg, state: dict, rng, bar) -> float:
             optimizer_step(model, state["optimizer"], state["scheduler"], state["scaler"], cfg.max_grad_norm)
         total += loss.item()
         bar.update(1)
-        bar.set_postfix(loss=f"{total / (b + 1):.4f}")
+        bar.set_postfix(loss=f"{total / (b + 1):.4f}", refresh=False)
     return total / max(1, len(batches))
 
 

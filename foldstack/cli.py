@@ -1,0 +1,60 @@
+"""`foldstack init DIR`: scaffold a competition workspace whose Makefile includes this project's rules.
+
+Writes DIR/Makefile, DIR/data/competition.yaml (a template to edit), DIR/models/minilm_bilstm.yaml, and the
+empty stage folders. Existing files are never overwritten. Then: put the CSVs in DIR/data/raw/, edit the YAML,
+and run `make folds submit` inside DIR.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDERS = ("data/raw", "features", "models", "folds", "ensemble", "submissions")
+
+COMPETITION_TEMPLATE = """\
+# Describe your competition; every key is listed in the foldstack README.
+train: data/raw/train.csv
+test: data/raw/test.csv
+sample_submission: data/raw/sample_submission.csv
+sep: ","              # "\\t" for TSV
+id: id
+text: [title, abstract]
+label: label          # multilabel: one delimited column (label_sep: " ") or a list of 0/1 columns
+task: multiclass      # multiclass | binary | multilabel
+group: null           # a column whose rows must stay in one fold
+metric: accuracy      # accuracy | macro_f1 | micro_f1 | log_loss
+n_folds: 5
+seed: 42
+"""
+
+
+def write_new(path: Path, text: str) -> None:
+    if not path.exists():
+        path.write_text(text)
+
+
+def init(target: Path) -> None:
+    for folder in FOLDERS:
+        (target / folder).mkdir(parents=True, exist_ok=True)
+    write_new(target / "Makefile", f"# A foldstack workspace: the rules live in the project.\ninclude {ROOT}/Makefile\n")
+    write_new(target / "data" / "competition.yaml", COMPETITION_TEMPLATE)
+    model = target / "models" / "minilm_bilstm.yaml"
+    if not model.exists():
+        shutil.copy(ROOT / "models" / "minilm_bilstm.yaml", model)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="foldstack", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("init", help="scaffold a workspace").add_argument("dir", type=Path)
+    args = ap.parse_args(argv)
+    init(args.dir)
+    print(f"workspace {args.dir}: put train/test/sample_submission in data/raw/, edit data/competition.yaml, "
+          f"then `make -C {args.dir} folds submit`")
+
+
+if __name__ == "__main__":
+    main()
