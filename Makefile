@@ -19,7 +19,7 @@ SUB ?= submissions/mean.csv
 .DELETE_ON_ERROR:
 .SUFFIXES:
 .DEFAULT_GOAL := help
-.PHONY: help setup demo demo-data prep folds submit score report test clean
+.PHONY: help setup demo demo-data prep folds submit score report test bench clean
 
 # n_folds and the raw files come from the competition config (once the venv exists to read it).
 COMP_VARS := $(if $(wildcard $(PY)),$(shell $(PY) -m foldstack.config --make-vars $(COMP) 2>/dev/null))
@@ -86,6 +86,9 @@ report: $(MANIFESTS)  ## per model: fold scores, confusion, most confident mista
 
 test: setup  ## setup + the test suite
 	cd $(ROOT) && HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: $(PROCESSED) | $(SETUP)  ## training/inference throughput, fp32 vs bf16 (prints a table, writes bench/results/)
+	$(PY) $(ROOT)/bench/throughput.py --train=$(PROCESSED) --out=bench/results/throughput.json
 
 clean:  ## remove generated artefacts (keeps data/raw, configs and .venv)
 	rm -rf data/processed folds/*/ folds/folds.csv features/*.parquet ensemble/*/ submissions/*.csv

@@ -17,9 +17,6 @@ import sys
 
 import numpy as np
 import pandas as pd
-from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
-
 from . import config
 from .io import save_csv
 
@@ -34,6 +31,9 @@ def label_matrix(labels, n_classes: int) -> np.ndarray:
 
 def assign_folds(train: pd.DataFrame, comp: config.Competition, n_classes: int) -> np.ndarray:
     """Fold number (0..n_folds-1) of every row of processed train."""
+    # Imported here: every training process imports this module for training_mask, and these cost ~1.5 s.
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
     k, seed = comp.n_folds, comp.seed
     if comp.multilabel:
         # iterative-stratification ignores random_state unless shuffle=True (a known trap).

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, log_loss
 
 GREATER_IS_BETTER = {"accuracy": True, "macro_f1": True, "micro_f1": True, "log_loss": False}
 
@@ -22,6 +21,7 @@ def decide(probs: np.ndarray, multilabel: bool, threshold: float = 0.5) -> np.nd
 
 def score(metric: str, y: np.ndarray, probs: np.ndarray, multilabel: bool) -> float:
     """The competition's metric of `probs` against the truth `y`."""
+    from sklearn.metrics import accuracy_score, f1_score, log_loss  # lazy: ~1 s, not needed to import us
     probs = np.asarray(probs, dtype=np.float64)
     if metric == "log_loss":
         if multilabel:

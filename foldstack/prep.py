@@ -2,6 +2,7 @@
 
 Reads  the files named in data/competition.yaml (train, test, sample_submission).
 Writes data/processed/train.parquet  id, text, text_lemma, label (class index) | labels (list of indices), group
+                                     text: whitespace-normalised, case kept; text_lemma: lowercase WordNet lemmas
        data/processed/test.parquet   id, text, text_lemma
        data/processed/classes.json   the class list; column j of every prediction array is class j
 Run    python -m foldstack.prep --competition=data/competition.yaml --out-dir=data/processed

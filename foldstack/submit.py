@@ -23,10 +23,6 @@ from . import config, metrics
 from .io import InputError, atomic_path, read_table
 
 
-def per_class_columns(sample: pd.DataFrame, comp: config.Competition) -> bool:
-    return len(sample.columns) > 2
-
-
 def to_frame(probs: np.ndarray, ids, classes: list[str], comp: config.Competition, sample: pd.DataFrame,
              threshold: float | np.ndarray = 0.5) -> pd.DataFrame:
     """Probabilities in test.parquet row order -> a frame in the sample's columns and row order."""
@@ -34,7 +30,7 @@ def to_frame(probs: np.ndarray, ids, classes: list[str], comp: config.Competitio
     by_id = pd.DataFrame(probs, index=pd.Index(ids, name=comp.id)).loc[sample[comp.id]]
     p = by_id.to_numpy()
     out = pd.DataFrame({comp.id: sample[comp.id].to_numpy()})
-    if per_class_columns(sample, comp):
+    if len(cols) > 1:  # one column per class
         values = metrics.decide(p, True, threshold) if comp.multilabel else p
         for j, c in enumerate(classes):
             out[c] = values[:, j]
