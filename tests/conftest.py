@@ -13,6 +13,9 @@ import pandas as pd
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tiny models gain nothing from a second thread, and OpenMP threads that spin-wait crawl when another job holds a
+# core; the end-to-end test's subprocesses inherit this too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
 WORDS = ("movie film plot actor scene story great boring awful brilliant funny slow script director music "

@@ -169,3 +169,33 @@ def test_scheduler_reaches_zero_after_the_last_step(tiny_bert):
 def test_max_len_beyond_positions_is_refused(tiny_roberta):
     with pytest.raises(ValueError, match="exceeds the 66 positions"):
         build_model(replace(cfg_for(tiny_roberta), max_len=100), 3)
+
+
+def test_a_fresh_model_per_fold_trained_only_on_other_folds(tiny_bert, tmp_path, monkeypatch):
+    """Each fold starts from the pretrained weights (not the previous fold's) and never sees its own rows."""
+    import pandas as pd
+    from foldstack import train as train_stage
+    texts, y = corpus(60, seed=9)
+    frame = pd.DataFrame({"id": [f"r{i}" for i in range(60)], "text": texts, "text_lemma": texts, "label": y})
+    test = frame.head(5)
+    fold_of = np.arange(60) % 3
+    seen = []
+    real_fit = trainer.fit
+
+    def spy(model, data, *args, **kwargs):
+        start = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+        seen.append((id(model), start, {tuple(ids) for ids in data.train_ids}, {tuple(ids) for ids in data.val_ids}))
+        return real_fit(model, data, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "fit", spy)
+    cfg = cfg_for(tiny_bert, epochs=1)
+    comp = config.Competition(n_folds=3)
+    for k in range(3):
+        val_idx, res = train_stage.run_fold(cfg, comp, frame, test, fold_of, k, 3, tmp_path / f"f{k}.log")
+        assert sorted(val_idx) == list(np.flatnonzero(fold_of == k)) and res["val"].shape == (20, 3)
+    assert len({s[0] for s in seen}) == 3, "one model object per fold"
+    for _, start, train_rows, val_rows in seen[1:]:
+        assert all(torch.equal(start[k], seen[0][1][k]) for k in start), "fold k+1 must not inherit fold k's training"
+    assert len(set(texts)) == 60
+    for _, _, train_rows, val_rows in seen:
+        assert len(val_rows) == 20 and not (train_rows & val_rows), "a validation row reached its fold's training"
