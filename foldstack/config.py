@@ -92,6 +92,7 @@ class Model:
     max_grad_norm: float = 1.0
     amp: str = "auto"
     text: str = "raw"              # raw | lemma
+    augment: tuple[str, ...] = ()  # augmented sets to train with: features/<name>.parquet (e.g. [eda, backtrans])
     eval_batch_size: int = 64
     save_checkpoint: bool = False  # also write the best weights to models/<name>/fold<k>.pt
     seed: int = 42

@@ -63,17 +63,42 @@ def fit_classical(cfg, comp, texts: dict, ys: dict, n_classes: int, log_path: Pa
     return fit_predict(cfg, comp, texts, ys, n_classes, log_path, seed)
 
 
+def extra_rows(extra: pd.DataFrame | None, train: pd.DataFrame, fold_of: np.ndarray, fold: int) -> np.ndarray:
+    """Positions in `extra` (augmented rows, keyed by src_id) whose source row is on fold `fold`'s training side.
+
+    An augmented copy of a validation row would let the model see that row in disguise: it is dropped here.
+    """
+    if extra is None or extra.empty:
+        return np.zeros(0, dtype=np.int64)
+    training_ids = set(train["id"][training_mask(fold_of, fold)])
+    return np.flatnonzero(extra["src_id"].isin(training_ids).to_numpy())
+
+
 def run_fold(cfg, comp, train: pd.DataFrame, test: pd.DataFrame, fold_of: np.ndarray, fold: int,
-             n_classes: int, log_path: Path) -> tuple[np.ndarray, dict]:
-    """Split, fit and predict one fold; returns the validation row positions and the fit's result."""
+             n_classes: int, log_path: Path, extra: pd.DataFrame | None = None) -> tuple[np.ndarray, dict]:
+    """Split, fit and predict one fold; returns the validation row positions and the fit's result.
+
+    `extra` holds training-only rows (augmented copies: src_id + text columns); each takes its source's label.
+    """
     column = "text_lemma" if cfg.text == "lemma" else "text"
     y = targets(train, n_classes, comp.multilabel)
     tr, val = training_mask(fold_of, fold), np.flatnonzero(fold_of == fold)
-    texts = {"train": train[column][tr].tolist(), "val": train[column].iloc[val].tolist(),
-             "test": test[column].tolist()}
-    ys = {"train": y[tr], "val": y[val]}
+    train_texts, train_y = train[column][tr].tolist(), y[tr]
+    if extra is not None:
+        extra = extra.iloc[extra_rows(extra, train, fold_of, fold)]
+        train_texts += extra[column].tolist()
+        train_y = np.concatenate([train_y, y[pd.Index(train["id"]).get_indexer(extra["src_id"])]])
+    texts = {"train": train_texts, "val": train[column].iloc[val].tolist(), "test": test[column].tolist()}
+    ys = {"train": train_y, "val": y[val]}
     fit_fn = fit_transformer if cfg.kind == "transformer" else fit_classical
     return val, fit_fn(cfg, comp, texts, ys, n_classes, log_path, cfg.seed + fold)
+
+
+def read_extra(names: tuple[str, ...], features: Path) -> pd.DataFrame | None:
+    """The model's augmented sets, stacked (src_id, kind, text, text_lemma); None when it uses none."""
+    if not names:
+        return None
+    return pd.concat([pd.read_parquet(features / f"{name}.parquet") for name in names], ignore_index=True)
 
 
 def main(argv=None) -> None:
@@ -84,6 +109,7 @@ def main(argv=None) -> None:
     ap.add_argument("--competition", default="data/competition.yaml")
     ap.add_argument("--processed", default="data/processed")
     ap.add_argument("--folds", default="folds/folds.csv")
+    ap.add_argument("--features", default="features", help="where augmented sets <name>.parquet live")
     ap.add_argument("--checkpoint-dir", default=None, help="default: models/<name>")
     args, overrides = ap.parse_known_args(argv)
     try:
@@ -95,12 +121,14 @@ def main(argv=None) -> None:
     train, test = pd.read_parquet(processed / "train.parquet"), pd.read_parquet(processed / "test.parquet")
     classes = json.loads((processed / "classes.json").read_text())["classes"]
     fold_of = read_fold_ids(args.folds, train["id"])
+    extra = read_extra(cfg.augment, Path(args.features))
     out.mkdir(parents=True, exist_ok=True)
     name = Path(args.model).stem
     print(f"train {name} fold {args.fold}: {(fold_of != args.fold).sum()} train / {(fold_of == args.fold).sum()} "
           f"val rows, {len(test)} test rows")
     start = time.perf_counter()
-    val_idx, res = run_fold(cfg, comp, train, test, fold_of, args.fold, len(classes), out / f"fold{args.fold}.log")
+    val_idx, res = run_fold(cfg, comp, train, test, fold_of, args.fold, len(classes), out / f"fold{args.fold}.log",
+                            extra)
     weights = res.pop("weights", None)
     if cfg.save_checkpoint and weights is not None:
         ckpt = Path(args.checkpoint_dir or Path("models") / name) / f"fold{args.fold}.pt"
