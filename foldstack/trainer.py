@@ -112,7 +112,7 @@ def train_epoch(model, data: FoldData, cfg, state: dict, rng, bar) -> float:
     lengths = np.array([len(s) for s in data.train_ids])
     batches = train_batches(lengths, cfg.batch_size, rng)
     device, dtype, multilabel = state["device"], state["dtype"], state["multilabel"]
-    total = 0.0
+    total = torch.zeros((), device=device)  # summed on the device: .item() every step would sync a GPU
     for b, idx in enumerate(batches):
         window_start = b - b % cfg.grad_accum
         window = min(cfg.grad_accum, len(batches) - window_start)  # the last window may be shorter
@@ -125,10 +125,11 @@ def train_epoch(model, data: FoldData, cfg, state: dict, rng, bar) -> float:
         (state["scaler"].scale(scaled) if state["scaler"] else scaled).backward()
         if b - window_start == window - 1:
             optimizer_step(model, state["optimizer"], state["scheduler"], state["scaler"], cfg.max_grad_norm)
-        total += loss.item()
+        total += loss.detach()
         bar.update(1)
-        bar.set_postfix(loss=f"{total / (b + 1):.4f}", refresh=False)
-    return total / max(1, len(batches))
+        if b % 20 == 0:
+            bar.set_postfix(loss=f"{total.item() / (b + 1):.4f}", refresh=False)
+    return total.item() / max(1, len(batches))
 
 
 def fit(model, data: FoldData, cfg, metric: str, multilabel: bool, pad_id: int, log_path, seed: int) -> dict:
@@ -154,6 +155,7 @@ def fit(model, data: FoldData, cfg, metric: str, multilabel: bool, pad_id: int, 
             score = metrics.score(metric, data.val_y, val, multilabel)
             row = {"epoch": epoch + 1, "train_loss": train_loss, metric: score, "train_secs": t1 - t0,
                    "train_samples_per_s": len(data.train_ids) / (t1 - t0),
+                   "train_tokens_per_s": sum(len(s) for s in data.train_ids) / (t1 - t0),
                    "eval_secs": time.perf_counter() - t1}
             history.append(row)
             log.write(json.dumps(row) + "\n")

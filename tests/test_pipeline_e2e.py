@@ -82,6 +82,8 @@ def demo_ws(tmp_path_factory, tiny_bert, tiny_roberta):
 def test_demo_slice_end_to_end(demo_ws):
     out = make(demo_ws, "folds", "submit", "score")
     assert "score: submissions/mean.csv  test accuracy" in out
+    report = make(demo_ws, "report")
+    assert report.count("most confident mistakes") == 2 and "true " in report
     for model in ("tiny_bert", "tiny_roberta"):
         manifest = check_oof_contract(demo_ws, model, 240, 60, 3)
         assert manifest["classes"] == ["fresh", "plot", "rotten"] and len(manifest["fold_scores"]) == 3
