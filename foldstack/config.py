@@ -181,6 +181,7 @@ def config_hash(cfg) -> str:
 
 def main(argv=None) -> None:
     """`python -m foldstack.config --make-vars data/competition.yaml` prints "n_folds train test sample" for Make;
+    `python -m foldstack.config --augment-sets models/x.yaml` prints the augmented sets model x trains with;
     `python -m foldstack.config FILE [--model]` validates a config and prints it."""
     import argparse
     import sys
@@ -188,12 +189,15 @@ def main(argv=None) -> None:
     ap.add_argument("path")
     ap.add_argument("--make-vars", action="store_true", help="print n_folds and the raw file paths (competition)")
     ap.add_argument("--model", action="store_true", help="the file is a models/<name>.yaml")
+    ap.add_argument("--augment-sets", action="store_true", help="print a model's `augment:` sets (for Make)")
     args = ap.parse_args(argv)
     try:
-        cfg = load(Model if args.model else Competition, args.path)
+        cfg = load(Model if args.model or args.augment_sets else Competition, args.path)
     except ConfigError as err:
         sys.exit(f"error: {err}")
-    if args.make_vars:
+    if args.augment_sets:
+        print(" ".join(cfg.augment))
+    elif args.make_vars:
         print(cfg.n_folds, cfg.train, cfg.test, cfg.sample_submission)
     else:
         print(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), end="")
