@@ -72,6 +72,36 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
+def reverse_real_tokens(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Reverse each row's real tokens in place, padding stays at the end: x [B, T, H], mask [B, T] (right-padded).
+
+    Its own inverse. Row b with n real tokens: position t < n takes position n - 1 - t.
+    """
+    lengths = mask.sum(1, keepdim=True)                                   # [B, 1]
+    t = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)  # [B, T]
+    index = torch.where(t < lengths, lengths - 1 - t, t)
+    return x.gather(1, index.unsqueeze(-1).expand_as(x))
+
+
+class BiLSTM(nn.Module):
+    """A bidirectional LSTM over right-padded batches whose outputs at real tokens never see the padding.
+
+    Same result as nn.LSTM(bidirectional=True) on a packed sequence, but both directions run on plain padded
+    tensors, which takes PyTorch's fast CPU kernel (packed sequences measured ~1.8x slower here).
+    """
+
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.forward_lstm = nn.LSTM(width, hidden, batch_first=True)
+        self.backward_lstm = nn.LSTM(width, hidden, batch_first=True)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x [B, T, H] -> [B, T, 2 * hidden]; positions past each row's length hold junk (mask them)."""
+        ahead, _ = self.forward_lstm(x)  # causal: padding comes after every real token
+        behind, _ = self.backward_lstm(reverse_real_tokens(x, mask))
+        return torch.cat([ahead, reverse_real_tokens(behind, mask)], dim=-1)
+
+
 class Classifier(nn.Module):
     """encoder -> head -> logits [B, n_out]. The head runs in fp32 even under autocast (LSTM and pooling)."""
 
@@ -82,7 +112,7 @@ class Classifier(nn.Module):
         # last4 concatenates up to four layers' [CLS] (hidden_states also holds the embeddings' output)
         self.n_last = min(4, encoder.config.num_hidden_layers + 1)
         width = {"bilstm": 2 * lstm_hidden, "last4": self.n_last * hidden}.get(head, hidden)
-        self.lstm = nn.LSTM(hidden, lstm_hidden, batch_first=True, bidirectional=True) if head == "bilstm" else None
+        self.lstm = BiLSTM(hidden, lstm_hidden) if head == "bilstm" else None
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(width, n_out)
 
@@ -105,12 +135,7 @@ class Classifier(nn.Module):
             return hidden[:, 0]
         if self.head_kind == "mean":
             return masked_mean(hidden, mask)
-        # Packed, so the backward direction starts at each text's last real token, not at the padding.
-        lengths = mask.sum(1).cpu()
-        packed = nn.utils.rnn.pack_padded_sequence(hidden, lengths, batch_first=True, enforce_sorted=False)
-        out, _ = self.lstm(packed)
-        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=hidden.shape[1])
-        return masked_mean(out, mask)
+        return masked_mean(self.lstm(hidden, mask), mask)
 
 
 def build_model(cfg, n_out: int) -> Classifier:

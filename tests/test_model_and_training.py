@@ -199,3 +199,23 @@ def test_a_fresh_model_per_fold_trained_only_on_other_folds(tiny_bert, tmp_path,
     assert len(set(texts)) == 60
     for _, _, train_rows, val_rows in seen:
         assert len(val_rows) == 20 and not (train_rows & val_rows), "a validation row reached its fold's training"
+
+
+def test_bilstm_matches_a_packed_bidirectional_lstm():
+    """The unpacked BiLSTM gives exactly what a packed nn.LSTM(bidirectional=True) gives at real tokens."""
+    from foldstack.encoder import BiLSTM
+    torch.manual_seed(0)
+    ours = BiLSTM(6, 5)
+    ref = torch.nn.LSTM(6, 5, batch_first=True, bidirectional=True)
+    with torch.no_grad():  # same weights: direction 0 = forward, direction 1 (suffix _reverse) = backward
+        for name, p in ref.named_parameters():
+            src = ours.backward_lstm if name.endswith("_reverse") else ours.forward_lstm
+            p.copy_(getattr(src, name.replace("_reverse", "")))
+    x = torch.randn(3, 7, 6)
+    lengths = torch.tensor([7, 4, 1])
+    mask = (torch.arange(7) < lengths[:, None]).long()
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    expected, _ = torch.nn.utils.rnn.pad_packed_sequence(ref(packed)[0], batch_first=True, total_length=7)
+    got = ours(x, mask)
+    real = mask.bool()
+    assert torch.allclose(got[real], expected[real], atol=1e-6)
