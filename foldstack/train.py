@@ -115,6 +115,9 @@ def main(argv=None) -> None:
     try:
         cfg = config.load(config.Model, args.model, config.parse_overrides(overrides))
         comp = config.load(config.Competition, args.competition)
+        if cfg.kind != "transformer":  # the kind's params: an unknown key stops here, naming the file
+            from .classical import parse_params
+            parse_params(cfg, args.model)
     except config.ConfigError as err:
         sys.exit(f"error: {err}")
     processed, out = Path(args.processed), Path(args.out_dir)

@@ -1,0 +1,240 @@
+"""Classical base models: TF-IDF word + character n-grams -> LogisticRegression, or (+ TruncatedSVD) -> LightGBM.
+
+Called by the train stage (`foldstack.train`, `kind: tfidf_lr | tfidf_lgbm`) for one fold, so they meet the same OOF
+contract as the transformers: fitted on the fold's training rows only, predicting its validation rows and the test
+set. The kind's options are the model YAML's `params:` mapping, read into a frozen dataclass below; unknown keys
+and wrong types stop with one line naming the file and the key.
+
+Multi-label: one binary model per label (one-vs-rest), independent sigmoid probabilities per label.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import typing
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import metrics
+from .config import ConfigError, _coerce
+from .prep import FIELD_SEP
+
+
+@dataclass(frozen=True)
+class Tfidf:
+    """Vectorizer options shared by both kinds. Each vectorizer is fitted on the fold's training texts only."""
+    word_ngrams: tuple[int, ...] = (1, 2)        # [min_n, max_n] of word n-grams
+    char_ngrams: tuple[int, ...] | None = (2, 5)  # [min_n, max_n] of char_wb n-grams; null: words only
+    min_df: int = 2                # drop n-grams in fewer training documents
+    max_df: float = 1.0            # drop n-grams in a larger fraction of documents
+    max_features: int | None = 300_000  # per vectorizer, the most frequent n-grams
+    sublinear_tf: bool = True      # 1 + log(tf): long documents do not drown short ones
+    char_max_chars: int | None = 4000  # characters per document seen by the char vectorizer (its cost is linear)
+
+    def check(self) -> list[tuple[str, str]]:
+        bad = []
+        for key in ("word_ngrams", "char_ngrams"):
+            value = getattr(self, key)
+            if value is not None and (len(value) != 2 or not 1 <= value[0] <= value[1]):
+                bad.append((key, "must be [min_n, max_n] with 1 <= min_n <= max_n"))
+        if self.min_df < 1 or not 0 < self.max_df <= 1:
+            bad.append(("min_df", "min_df must be >= 1 and max_df in (0, 1]"))
+        return bad
+
+
+@dataclass(frozen=True)
+class TfidfLR(Tfidf):
+    """kind: tfidf_lr."""
+    C: float = 10.0                # inverse L2 strength; TF-IDF rows are unit-norm, so it wants to be large
+    solver: str = "liblinear"      # liblinear: one-vs-rest, dual coordinate descent (fast on sparse n-grams);
+    #                                lbfgs / saga: one multinomial model (multi-label: always one-vs-rest)
+    class_weight: str | None = None  # null | balanced
+    max_iter: int = 300
+    n_jobs: int = 2                # one-vs-rest models fitted in parallel
+
+    def check(self) -> list[tuple[str, str]]:
+        bad = super().check()
+        if self.solver not in ("liblinear", "lbfgs", "saga"):
+            bad.append(("solver", "must be liblinear, lbfgs or saga"))
+        if self.class_weight not in (None, "balanced"):
+            bad.append(("class_weight", "must be null or balanced"))
+        if self.C <= 0:
+            bad.append(("C", "must be > 0"))
+        return bad
+
+
+@dataclass(frozen=True)
+class TfidfLGBM(Tfidf):
+    """kind: tfidf_lgbm. LightGBM on the TF-IDF matrix (sparse), or on its TruncatedSVD projection."""
+    char_ngrams: tuple[int, ...] | None = None
+    max_features: int | None = 50_000
+    svd_components: int = 0        # 0: trees on the sparse TF-IDF columns; > 0: on a dense SVD projection
+    n_estimators: int = 300        # upper bound; early stopping picks the round (see fit_lgbm)
+    early_stopping_rounds: int = 30  # 0: always n_estimators rounds
+    learning_rate: float = 0.1
+    num_leaves: int = 15
+    min_child_samples: int = 10
+    colsample_bytree: float = 0.3
+    subsample: float = 0.8
+    reg_lambda: float = 1.0
+    max_bin: int = 63              # coarser histograms: faster, and TF-IDF values need few bins
+    n_jobs: int = 1                # LightGBM's OpenMP threads; on 2 busy cores 2 threads ran up to 30x slower
+
+    def check(self) -> list[tuple[str, str]]:
+        bad = super().check()
+        for key in ("n_estimators", "num_leaves", "min_child_samples", "max_bin"):
+            if getattr(self, key) < 1:
+                bad.append((key, "must be at least 1"))
+        for key in ("colsample_bytree", "subsample"):
+            if not 0 < getattr(self, key) <= 1:
+                bad.append((key, "must be in (0, 1]"))
+        return bad
+
+
+PARAMS = {"tfidf_lr": TfidfLR, "tfidf_lgbm": TfidfLGBM}
+
+
+def parse_params(cfg, where: str = "models/<name>.yaml"):
+    """The model config's `params:` mapping -> the kind's frozen dataclass; ConfigError names `where` and the key."""
+    cls = PARAMS[cfg.kind]
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(cfg.params) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown params key {unknown[0]!r} for kind {cfg.kind} "
+                          f"(known: {', '.join(sorted(known))})")
+    values = {k: _coerce(v, hints[k], f"{where}: params key {k!r}") for k, v in cfg.params.items()}
+    params = cls(**values)
+    for key, problem in params.check():
+        raise ConfigError(f"{where}: params key {key!r} {problem} (got {getattr(params, key)!r})")
+    return params
+
+
+def vectorize(p: Tfidf, texts: dict) -> tuple[dict, int]:
+    """texts[train|val|test] -> sparse float32 TF-IDF matrices [n, n_features], fitted on texts['train'] only."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    clean = {part: [t.replace(FIELD_SEP, "\n") for t in rows] for part, rows in texts.items()}
+    common = dict(min_df=p.min_df, max_df=p.max_df, max_features=p.max_features, sublinear_tf=p.sublinear_tf,
+                  strip_accents="unicode", dtype=np.float32)
+    blocks = {part: [] for part in clean}
+    vocab = 0
+    specs = [("word", p.word_ngrams, None)] + ([("char_wb", p.char_ngrams, p.char_max_chars)] if p.char_ngrams else [])
+    for analyzer, ngrams, cap in specs:
+        vec = TfidfVectorizer(analyzer=analyzer, ngram_range=tuple(ngrams), **common)
+        cut = (lambda rows: [t[:cap] for t in rows]) if cap else (lambda rows: rows)
+        blocks["train"].append(vec.fit_transform(cut(clean["train"])))
+        for part in clean:
+            if part != "train":
+                blocks[part].append(vec.transform(cut(clean[part])))
+        vocab += len(vec.vocabulary_)
+    out = {part: sp.hstack(b, format="csr") for part, b in blocks.items()}
+    for m in out.values():
+        m.sort_indices()  # one-vs-rest workers get read-only memory maps and cannot sort them in place
+    return out, vocab
+
+
+def full_columns(probs: np.ndarray, seen, n_classes: int) -> np.ndarray:
+    """predict_proba over the classes a model saw -> [n, n_classes]; a class absent from its fit rows gets 0."""
+    out = np.zeros((len(probs), n_classes), dtype=np.float32)
+    out[:, np.asarray(seen, dtype=np.int64)] = probs
+    return out
+
+
+def fit_lr(p: TfidfLR, X: dict, y: np.ndarray, n_classes: int, multilabel: bool, seed: int) -> tuple[dict, dict]:
+    """LogisticRegression (one-vs-rest for liblinear and for multi-label) -> val / test probabilities."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    lr = LogisticRegression(C=p.C, solver=p.solver, dual=p.solver == "liblinear", class_weight=p.class_weight,
+                            max_iter=p.max_iter, random_state=seed)
+    ovr = multilabel or p.solver == "liblinear"
+    model = OneVsRestClassifier(lr, n_jobs=p.n_jobs) if ovr else lr
+    with warnings.catch_warnings():  # a label absent from a fold's training rows is predicted as constant 0
+        warnings.filterwarnings("ignore", message="Label .* is present in all training examples")
+        model.fit(X["train"], y)
+    probs = {part: model.predict_proba(X[part]) for part in ("val", "test")}
+    if not multilabel:
+        probs = {part: full_columns(q, model.classes_, n_classes) for part, q in probs.items()}
+    iters = [int(np.max(e.n_iter_)) for e in model.estimators_ if hasattr(e, "n_iter_")] if ovr \
+        else [int(np.max(model.n_iter_))]
+    return probs, {"max_iter_used": max(iters, default=0)}
+
+
+def _lgbm(p: TfidfLGBM, seed: int):
+    import lightgbm as lgb
+    return lgb.LGBMClassifier(n_estimators=p.n_estimators, learning_rate=p.learning_rate, num_leaves=p.num_leaves,
+                              min_child_samples=p.min_child_samples, colsample_bytree=p.colsample_bytree,
+                              subsample=p.subsample, subsample_freq=1 if p.subsample < 1 else 0,
+                              reg_lambda=p.reg_lambda, max_bin=p.max_bin, n_jobs=p.n_jobs, random_state=seed,
+                              verbose=-1)
+
+
+def _boost(p: TfidfLGBM, X: dict, y: np.ndarray, y_val: np.ndarray, seed: int):
+    """One LightGBM model. Early stopping watches this fold's own validation rows: the same choice as the
+    transformer's best epoch (the fold's OOF is then slightly optimistic; no other fold's rows, and never the
+    test set, take part). The model at the chosen round predicts both the validation rows and the test set."""
+    import lightgbm as lgb
+    model = _lgbm(p, seed)
+    stop = p.early_stopping_rounds > 0 and len(np.unique(y_val)) > 1
+    kw = dict(eval_X=(X["val"],), eval_y=(y_val,),
+              callbacks=[lgb.early_stopping(p.early_stopping_rounds, verbose=False)]) if stop else {}
+    model.fit(X["train"], y, **kw)
+    return model, int(model.best_iteration_ or p.n_estimators)
+
+
+def fit_lgbm(p: TfidfLGBM, X: dict, y: np.ndarray, y_val: np.ndarray, n_classes: int, multilabel: bool,
+             seed: int) -> tuple[dict, dict]:
+    """LightGBM multiclass, or one binary LightGBM per label; a label with < 2 positives is its training rate."""
+    if not multilabel:
+        model, rounds = _boost(p, X, y, y_val, seed)
+        probs = {part: full_columns(model.predict_proba(X[part]), model.classes_, n_classes) for part in ("val", "test")}
+        return probs, {"rounds": [rounds]}
+    probs = {part: np.zeros((X[part].shape[0], y.shape[1]), dtype=np.float32) for part in ("val", "test")}
+    rounds = []
+    for j in range(y.shape[1]):
+        if y[:, j].sum() < 2 or y[:, j].sum() > len(y) - 2:
+            for part in probs:
+                probs[part][:, j] = y[:, j].mean()
+            rounds.append(0)
+            continue
+        model, r = _boost(p, X, y[:, j].astype(np.int64), y_val[:, j].astype(np.int64), seed)
+        for part in probs:
+            probs[part][:, j] = model.predict_proba(X[part])[:, 1]
+        rounds.append(r)
+    return probs, {"rounds": rounds}
+
+
+def reduce_svd(X: dict, k: int, seed: int) -> dict:
+    """TruncatedSVD fitted on the training rows only -> dense float32 [n, k] per part."""
+    from sklearn.decomposition import TruncatedSVD
+    svd = TruncatedSVD(n_components=min(k, X["train"].shape[1] - 1), random_state=seed)
+    out = {"train": svd.fit_transform(X["train"])}
+    out.update({part: svd.transform(m) for part, m in X.items() if part != "train"})
+    return {part: m.astype(np.float32) for part, m in out.items()}
+
+
+def fit_predict(cfg, comp, texts: dict, ys: dict, n_classes: int, log_path, seed: int) -> dict:
+    """One fold: texts/ys keyed by train / val (/ test) -> {"val", "test", "score", timings, "history"}."""
+    p = parse_params(cfg)
+    t0 = time.perf_counter()
+    X, n_features = vectorize(p, texts)
+    t1 = time.perf_counter()
+    if cfg.kind == "tfidf_lr":
+        probs, info = fit_lr(p, X, ys["train"], n_classes, comp.multilabel, seed)
+    else:
+        if p.svd_components:
+            X = reduce_svd(X, p.svd_components, seed)
+        probs, info = fit_lgbm(p, X, ys["train"], ys["val"], n_classes, comp.multilabel, seed)
+    t2 = time.perf_counter()
+    val, test = (np.asarray(probs[part], dtype=np.float32) for part in ("val", "test"))
+    assert val.shape == (len(texts["val"]), n_classes), f"val probabilities {val.shape}, expected {n_classes} columns"
+    score = metrics.score(comp.metric, ys["val"], val, comp.multilabel)
+    row = {"n_features": n_features, "vectorize_secs": t1 - t0, "fit_secs": t2 - t1, comp.metric: score, **info}
+    with open(log_path, "w") as log:
+        log.write(json.dumps(row) + "\n")
+    print(f"  {cfg.kind}: {n_features} n-grams ({t1 - t0:.0f}s), fit + predict {t2 - t1:.0f}s, "
+          f"val {comp.metric} {score:.4f}")
+    return {"val": val, "test": test, "score": score, "history": [row], **{k: row[k] for k in row if "secs" in k}}

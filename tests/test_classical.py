@@ -1,0 +1,98 @@
+"""Classical base models (TF-IDF -> LogisticRegression / LightGBM) on tiny data: the fold contract, multi-label,
+and params checking (an unknown key stops training with one line naming the file and the key)."""
+import numpy as np
+import pytest
+import yaml
+
+from foldstack import classical, config, train
+from tests.conftest import corpus, write_competition
+
+FAST = {"tfidf_lr": {"n_jobs": 1, "max_features": 5000},
+        "tfidf_lgbm": {"n_jobs": 1, "max_features": 2000, "svd_components": 16, "n_estimators": 40,
+                       "min_child_samples": 5}}
+
+
+def split(n_train=150, n_val=50, n_test=30, seed=2):
+    texts, y = corpus(n_train + n_val + n_test, seed=seed)
+    parts = {"train": texts[:n_train], "val": texts[n_train:n_train + n_val], "test": texts[n_train + n_val:]}
+    return parts, y
+
+
+@pytest.mark.parametrize("kind", ["tfidf_lr", "tfidf_lgbm"])
+def test_multiclass_fold_contract(kind, tmp_path):
+    texts, y = split()
+    cfg = config.Model(kind=kind, params=FAST[kind])
+    comp = config.Competition(metric="accuracy")
+    res = classical.fit_predict(cfg, comp, texts, {"train": y[:150], "val": y[150:200]}, 3, tmp_path / "f.log", 0)
+    assert res["val"].shape == (50, 3) and res["test"].shape == (30, 3)
+    assert res["val"].dtype == np.float32 and res["test"].dtype == np.float32
+    np.testing.assert_allclose(res["val"].sum(1), 1, atol=1e-4)
+    assert res["score"] > 0.8, "class-dependent words must be learnable"
+    assert res["score"] == pytest.approx((res["val"].argmax(1) == y[150:200]).mean())
+    assert "vectorize_secs" in res and (tmp_path / "f.log").read_text().strip()
+
+
+@pytest.mark.parametrize("kind", ["tfidf_lr", "tfidf_lgbm"])
+def test_multilabel_one_vs_rest(kind, tmp_path):
+    texts, k = split(seed=3)
+    y = np.zeros((len(k), 4), dtype=np.float32)
+    y[np.arange(len(k)), k] = 1
+    y[::3, (k[::3] + 1) % 3] = 1  # a third of the rows carry a second label
+    y[:2, 3] = 1                 # label 3: too rare in training for a model of its own
+    cfg = config.Model(kind=kind, params=FAST[kind])
+    comp = config.Competition(task="multilabel", metric="micro_f1")
+    res = classical.fit_predict(cfg, comp, texts, {"train": y[:150], "val": y[150:200]}, 4, tmp_path / "f.log", 0)
+    assert res["val"].shape == (50, 4) and res["test"].shape == (30, 4)
+    assert ((res["val"] >= 0) & (res["val"] <= 1)).all()
+    assert not np.allclose(res["val"].sum(1), 1), "independent per-label probabilities, not a softmax"
+    assert res["val"][:, 3].max() < 0.5
+    assert res["score"] > 0.7
+
+
+def test_vectorizers_fit_on_training_texts_only():
+    texts, _ = split()
+    texts["test"] = ["zzyzx " * 5] * 30  # a word only the test set has
+    p = classical.parse_params(config.Model(kind="tfidf_lr", params={"min_df": 1, "char_ngrams": None}))
+    X, n_features = classical.vectorize(p, texts)
+    assert X["train"].shape[1] == X["test"].shape[1] == n_features and X["test"].nnz == 0
+    # one-vs-rest workers receive read-only memory maps, so the matrices must already be canonical
+    assert all(m.has_sorted_indices and m.dtype == np.float32 for m in X.values())
+
+
+def test_class_missing_from_training_rows_gets_a_zero_column(tmp_path):
+    texts, y = split()
+    y_train = np.where(y[:150] == 2, 0, y[:150])  # class 2 never seen in training
+    cfg = config.Model(kind="tfidf_lr", params=FAST["tfidf_lr"])
+    res = classical.fit_predict(cfg, config.Competition(), texts, {"train": y_train, "val": y[150:200]}, 3,
+                                tmp_path / "f.log", 0)
+    assert res["val"].shape == (50, 3) and (res["val"][:, 2] == 0).all()
+
+
+def test_params_are_checked():
+    with pytest.raises(config.ConfigError, match=r"m\.yaml: unknown params key 'svd' for kind tfidf_lgbm"):
+        classical.parse_params(config.Model(kind="tfidf_lgbm", params={"svd": 3}), "m.yaml")
+    with pytest.raises(config.ConfigError, match=r"m\.yaml: params key 'C': expected float"):
+        classical.parse_params(config.Model(kind="tfidf_lr", params={"C": "big"}), "m.yaml")
+    with pytest.raises(config.ConfigError, match=r"params key 'char_ngrams' must be \[min_n, max_n\]"):
+        classical.parse_params(config.Model(kind="tfidf_lr", params={"char_ngrams": [5, 2]}), "m.yaml")
+    p = classical.parse_params(config.Model(kind="tfidf_lr", params={"char_ngrams": None, "C": 3}), "m.yaml")
+    assert p.char_ngrams is None and p.C == 3.0 and p.word_ngrams == (1, 2)
+
+
+def test_train_stops_on_unknown_params_key_naming_the_file(tmp_path, monkeypatch):
+    write_competition(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "lr.yaml").write_text(yaml.safe_dump({"kind": "tfidf_lr", "params": {"Cee": 1}}))
+    with pytest.raises(SystemExit) as exc:
+        train.main(["--model=models/lr.yaml", "--fold=0", "--out-dir=folds/lr"])
+    assert str(exc.value.code).startswith("error: models/lr.yaml: unknown params key 'Cee'")
+    assert "\n" not in str(exc.value.code)
+
+
+@pytest.mark.parametrize("name", ["tfidf_lr", "tfidf_lgbm"])
+def test_shipped_model_configs_load(name):
+    from tests.conftest import ROOT
+    path = ROOT / "models" / f"{name}.yaml"
+    cfg = config.load(config.Model, path)
+    assert cfg.kind == name and classical.parse_params(cfg, str(path))
