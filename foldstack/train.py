@@ -48,12 +48,14 @@ def fit_transformer(cfg, comp, texts: dict, ys: dict, n_classes: int, log_path: 
     """Tokenize, build a fresh encoder + head, fine-tune, predict. texts/ys keyed by train / val / test."""
     from .batching import encode
     from .encoder import build_model, load_tokenizer
-    from .trainer import FoldData, fit
+    from .trainer import FoldData, fit, init_label_priors
     tokenizer = load_tokenizer(cfg.backbone)  # one tokenizer for train, validation and test
     ids = {part: encode(tokenizer, texts[part], cfg.max_len, cfg.truncation) for part in texts}
     torch.manual_seed(seed)  # the head's initialisation
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(cfg, n_classes).to(device)
+    if comp.multilabel:
+        init_label_priors(model, ys["train"])
     data = FoldData(ids["train"], ys["train"], ids["val"], ys["val"], ids["test"])
     return fit(model, data, cfg, comp.metric, comp.multilabel, tokenizer.pad_token_id, log_path, seed)
 

@@ -92,6 +92,17 @@ def predict(model, seqs: list, cfg, pad_id: int, device, dtype, multilabel: bool
     return out
 
 
+def init_label_priors(model, train_y: np.ndarray) -> None:
+    """Multi-label: start each label's output bias at the logit of its training frequency.
+
+    With zero biases every one of C sigmoids starts at 0.5, and with rare labels the first epoch is spent pushing
+    negatives down; starting at the base rate lets training go straight to telling documents apart.
+    """
+    prior = np.clip(train_y.mean(0), 1e-4, 1 - 1e-4)
+    with torch.no_grad():
+        model.out.bias.copy_(torch.as_tensor(np.log(prior / (1 - prior)), dtype=model.out.bias.dtype))
+
+
 def optimizer_step(model, optimizer, scheduler, scaler, max_grad_norm: float) -> None:
     """Unscale (fp16), clip, step, schedule, clear — in that order, once per accumulation window."""
     if scaler is not None:

@@ -219,3 +219,10 @@ def test_bilstm_matches_a_packed_bidirectional_lstm():
     got = ours(x, mask)
     real = mask.bool()
     assert torch.allclose(got[real], expected[real], atol=1e-6)
+
+
+def test_multilabel_output_bias_starts_at_label_frequencies(tiny_bert):
+    model = build_model(cfg_for(tiny_bert), 3)
+    y = np.array([[1, 0, 0], [1, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=np.float32)
+    trainer.init_label_priors(model, y)
+    assert torch.allclose(torch.sigmoid(model.out.bias), torch.tensor([0.75, 0.25, 1e-4]), atol=1e-6)
