@@ -14,7 +14,7 @@ SETUP := $(VENV)/.foldstack-setup
 TORCH_SPEC ?= torch==2.13.0
 COMP ?= data/competition.yaml
 SOLUTION ?= data/solution.csv
-SUB ?= submissions/mean.csv
+SUB ?=
 
 .DELETE_ON_ERROR:
 .SUFFIXES:
@@ -91,13 +91,30 @@ $(foreach m,$(MODELS),$(eval $(call MODEL_RULES,$(m))))
 folds: $(MANIFESTS)  ## k-fold training of every models/*.yaml -> folds/<m>/{oof,test}.npy
 	@$(PY) -m foldstack.report --summary $(MANIFESTS)
 
-submissions/mean.csv: $(MANIFESTS) $(COMP)
-	$(PY) -m foldstack.submit --probs $(MANIFESTS:%/manifest.json=%/test.npy) --out=$@ --competition=$(COMP)
+# The ensemble stage (ensemble/ensemble.yaml; the project's copy when a workspace has none). One target per method:
+# nested CV on the members' folds, then the final fit for the test set. The leaderboard picks the method `submit`
+# writes (ensemble.yaml `submit:`, default the best nested CV).
+ENSEMBLE_CFG := $(or $(wildcard ensemble/ensemble.yaml),$(ROOT)/ensemble/ensemble.yaml)
+METHODS := $(if $(wildcard $(PY)),$(shell $(PY) -m foldstack.ensemble make-vars --config=$(ENSEMBLE_CFG) 2>/dev/null))
+ENSEMBLE = $(PY) -m foldstack.ensemble
+ENSEMBLE_ARGS = --config=$(ENSEMBLE_CFG) --competition=$(COMP) --manifests $(MANIFESTS)
 
-submit: submissions/mean.csv  ## mean of the models' test probabilities -> submissions/mean.csv
+ensemble/%/scores.json: $(MANIFESTS) folds/folds.csv $(ENSEMBLE_CFG)
+	$(ENSEMBLE) fit --method=$* $(ENSEMBLE_ARGS)
 
-score: $(SUB)  ## score SUB (default submissions/mean.csv) against SOLUTION (default data/solution.csv)
-	$(PY) -m foldstack.score --submission=$(SUB) --solution=$(SOLUTION) --competition=$(COMP)
+ensemble/leaderboard.json: $(METHODS:%=ensemble/%/scores.json) $(ENSEMBLE_CFG)
+	$(ENSEMBLE) leaderboard $(ENSEMBLE_ARGS)
+
+# Any one method's submission, e.g. `make submissions/stack_lr.csv`.
+submissions/%.csv: ensemble/%/scores.json $(COMP)
+	$(ENSEMBLE) submit --method=$* $(ENSEMBLE_ARGS)
+
+submit: ensemble/leaderboard.json $(COMP)  ## blend the models (ensemble/ensemble.yaml) -> submissions/<method>.csv
+	$(ENSEMBLE) submit $(ENSEMBLE_ARGS)
+
+score: $(or $(SUB),submit)  ## test scores vs SOLUTION: leaderboard + the submitted file (or SUB=file)
+	$(if $(SUB),$(PY) -m foldstack.score --submission=$(SUB),$(ENSEMBLE) score $(ENSEMBLE_ARGS)) \
+	  --solution=$(SOLUTION) --competition=$(COMP)
 
 report: $(MANIFESTS)  ## per model: fold scores, confusion, most confident mistakes
 	$(PY) -m foldstack.report $(MANIFESTS)
@@ -110,5 +127,6 @@ bench: $(PROCESSED) | $(SETUP)  ## training/inference throughput (fp32 vs bf16),
 	$(PY) $(ROOT)/bench/augment_speed.py --train=$(PROCESSED) --out=bench/results/augment.json
 
 clean:  ## remove generated artefacts (keeps data/raw, configs and .venv)
-	rm -rf data/processed folds/*/ folds/folds.csv features/*.parquet ensemble/*/ submissions/*.csv
+	rm -rf data/processed folds/*/ folds/folds.csv features/*.parquet ensemble/*/ ensemble/leaderboard.json \
+	  submissions/*.csv
 	rm -rf $(addprefix models/,$(MODELS))

@@ -190,7 +190,8 @@ def fit_lgbm(p: TfidfLGBM, X: dict, y: np.ndarray, y_val: np.ndarray, n_classes:
     """LightGBM multiclass, or one binary LightGBM per label; a label with < 2 positives is its training rate."""
     if not multilabel:
         model, rounds = _boost(p, X, y, y_val, seed)
-        probs = {part: full_columns(model.predict_proba(X[part]), model.classes_, n_classes) for part in ("val", "test")}
+        probs = {part: full_columns(model.predict_proba(X[part]), model.classes_, n_classes)
+                 for part in ("val", "test")}
         return probs, {"rounds": [rounds]}
     probs = {part: np.zeros((X[part].shape[0], y.shape[1]), dtype=np.float32) for part in ("val", "test")}
     rounds = []

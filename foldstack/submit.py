@@ -82,13 +82,13 @@ def label_y(df: pd.DataFrame, classes: list[str], comp: config.Competition, path
     return y
 
 
-def write_submission(probs, out: Path, comp, processed: Path) -> pd.DataFrame:
+def write_submission(probs, out: Path, comp, processed: Path, threshold: float | np.ndarray = 0.5) -> pd.DataFrame:
     classes = json.loads((processed / "classes.json").read_text())["classes"]
     test = pd.read_parquet(processed / "test.parquet")
     sample = read_table(comp.sample_submission, ",", [comp.id])
     if probs.shape != (len(test), len(classes)):
         raise InputError(f"test probabilities have shape {probs.shape}, expected ({len(test)}, {len(classes)})")
-    sub = to_frame(probs, test["id"].to_numpy(), classes, comp, sample)
+    sub = to_frame(probs, test["id"].to_numpy(), classes, comp, sample, threshold)
     with atomic_path(out) as tmp:
         sub.to_csv(tmp, index=False)
         check_submission(read_table(tmp, ",", [comp.id]), sample, classes, comp, out)
