@@ -215,7 +215,7 @@ def ensemble_yaml(ws, **keys):
 def test_multilabel_end_to_end_through_the_cli(tmp_path, monkeypatch, capsys):
     ws = fake_workspace(tmp_path, multilabel=True)
     monkeypatch.chdir(ws)
-    ensemble_yaml(ws)
+    ensemble_yaml(ws, thresholds="per_label")
     for method in ensemble.METHODS:
         ensemble.main(["fit", f"--method={method}"])
         s = json.loads((ws / "ensemble" / method / "scores.json").read_text())
