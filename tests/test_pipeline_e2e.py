@@ -37,6 +37,8 @@ def workspace(tmp_path: Path, competition: dict, models: dict) -> Path:
     (ws / "data" / "competition.yaml").write_text(yaml.safe_dump(competition))
     for name, keys in models.items():
         (ws / "models" / f"{name}.yaml").write_text(yaml.safe_dump({**TINY, **keys}))
+    # The plain mean keeps these runs short; tests/test_ensemble.py covers the other methods.
+    (ws / "ensemble" / "ensemble.yaml").write_text(yaml.safe_dump({"methods": ["mean"], "submit": "mean"}))
     return ws
 
 
