@@ -99,7 +99,7 @@ def load_config(path: str | Path, name: str, overrides: dict | None = None):
     unknown = sorted(set(section) - known)
     if unknown:
         raise ConfigError(f"{path}: unknown key '{name}.{unknown[0]}' (known: {', '.join(sorted(known))})")
-    cfg = cls(**{k: config._coerce(v, hints[k], f"{path}: key '{name}.{k}'") for k, v in section.items()})
+    cfg = cls(**{k: config.coerce(v, hints[k], f"{path}: key '{name}.{k}'") for k, v in section.items()})
     for key, problem in cfg.check():
         raise ConfigError(f"{path}: key '{name}.{key}' {problem} (got {getattr(cfg, key)!r})")
     return cfg

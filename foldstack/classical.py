@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import metrics
-from .config import ConfigError, _coerce
+from .config import ConfigError, coerce
 from .prep import FIELD_SEP
 
 
@@ -107,7 +107,7 @@ def parse_params(cfg, where: str = "models/<name>.yaml"):
     if unknown:
         raise ConfigError(f"{where}: unknown params key {unknown[0]!r} for kind {cfg.kind} "
                           f"(known: {', '.join(sorted(known))})")
-    values = {k: _coerce(v, hints[k], f"{where}: params key {k!r}") for k, v in cfg.params.items()}
+    values = {k: coerce(v, hints[k], f"{where}: params key {k!r}") for k, v in cfg.params.items()}
     params = cls(**values)
     for key, problem in params.check():
         raise ConfigError(f"{where}: params key {key!r} {problem} (got {getattr(params, key)!r})")

@@ -115,18 +115,18 @@ class Model:
         return bad
 
 
-def _coerce(value, hint, where: str):
+def coerce(value, hint, where: str):
     """Check `value` against the type hint `hint`; lists become tuples, ints become floats."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        return _coerce(value, next(a for a in args if a is not type(None)), where)
+        return coerce(value, next(a for a in args if a is not type(None)), where)
     if origin is tuple:
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)) or not items:
             raise ConfigError(f"{where}: expected a name or a list of names, got {value!r}")
-        return tuple(_coerce(v, args[0], where) for v in items)
+        return tuple(coerce(v, args[0], where) for v in items)
     if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         try:  # YAML 1.1 reads "2e-5" (no dot) as a string; every user writes it that way
             return float(value)
@@ -166,7 +166,7 @@ def load(cls, path: str | Path, overrides: dict | None = None):
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
-    values = {k: _coerce(v, hints[k], f"{path}: key {k!r}") for k, v in raw.items()}
+    values = {k: coerce(v, hints[k], f"{path}: key {k!r}") for k, v in raw.items()}
     cfg = cls(**values)
     for key, problem in cfg.check():
         raise ConfigError(f"{path}: key {key!r} {problem} (got {getattr(cfg, key)!r})")
