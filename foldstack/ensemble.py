@@ -130,16 +130,13 @@ def check_member(name: str, man: dict, oof_shape, test_shape, val_idx: list, ref
 def load_members(manifests: list[str], cfg: Ensemble, processed: Path, folds_csv: Path) -> Members:
     import pandas as pd
 
-    from .gather import truth
-    from .io import InputError
+    from .folds import read_fold_ids, targets
     info = json.loads((processed / "classes.json").read_text())
     train = pd.read_parquet(processed / "train.parquet", columns=["id", "labels" if info["task"] == "multilabel"
                                                                    else "label"])
     n_test = len(pd.read_parquet(processed / "test.parquet", columns=["id"]))
-    folds = pd.read_csv(folds_csv, dtype={"id": str})
-    if len(folds) != len(train) or not (folds["id"].to_numpy() == train["id"].astype(str).to_numpy()).all():
-        raise InputError(f"{folds_csv} does not match the processed train rows; re-run `make folds/folds.csv`")
-    ref = {"classes": info["classes"], "n_train": len(train), "n_test": n_test, "fold_of": folds["fold"].to_numpy()}
+    ref = {"classes": info["classes"], "n_train": len(train), "n_test": n_test,
+           "fold_of": read_fold_ids(folds_csv, train["id"])}
     names, oofs, tests = [], [], []
     for path in select(manifests, cfg):
         man, name = json.loads(path.read_text()), path.parent.name
@@ -152,7 +149,7 @@ def load_members(manifests: list[str], cfg: Ensemble, processed: Path, folds_csv
         names.append(name), oofs.append(np.asarray(oof)), tests.append(np.asarray(test))
     multilabel = info["task"] == "multilabel"
     return Members(names, np.stack(oofs, 1).astype(np.float64), np.stack(tests, 1).astype(np.float64),
-                   truth(train, len(info["classes"]), multilabel), ref["fold_of"], info["classes"], multilabel)
+                   targets(train, len(info["classes"]), multilabel), ref["fold_of"], info["classes"], multilabel)
 
 
 def cross_predict(est, P: np.ndarray, y: np.ndarray, fold_of: np.ndarray) -> tuple[np.ndarray, list]:

@@ -29,6 +29,22 @@ def label_matrix(labels, n_classes: int) -> np.ndarray:
     return y
 
 
+def targets(df: pd.DataFrame, n_classes: int, multilabel: bool) -> np.ndarray:
+    """Processed train rows -> class indices [n] (int64) or a 0/1 matrix [n, C] (float32)."""
+    if multilabel:
+        return label_matrix(df["labels"], n_classes)
+    return df["label"].to_numpy(dtype=np.int64)
+
+
+def read_fold_ids(folds_csv, train_ids: pd.Series) -> np.ndarray:
+    """folds.csv -> fold per row of train.parquet; InputError if the two disagree (stale folds)."""
+    from .io import InputError
+    folds = pd.read_csv(folds_csv, dtype={"id": str})
+    if len(folds) != len(train_ids) or not (folds["id"].to_numpy() == train_ids.astype(str).to_numpy()).all():
+        raise InputError(f"{folds_csv} does not match the processed train rows; re-run `make folds/folds.csv`")
+    return folds["fold"].to_numpy()
+
+
 def assign_folds(train: pd.DataFrame, comp: config.Competition, n_classes: int) -> np.ndarray:
     """Fold number (0..n_folds-1) of every row of processed train."""
     # Imported here: every training process imports this module for training_mask, and these cost ~1.5 s.

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__, metrics
-from .folds import label_matrix
+from .folds import targets
 from .io import save_json, save_npy
 
 
@@ -35,10 +35,6 @@ def assemble(parts: list[dict], n_train: int) -> tuple[np.ndarray, np.ndarray]:
     return oof, test
 
 
-def truth(train: pd.DataFrame, n_classes: int, multilabel: bool) -> np.ndarray:
-    return label_matrix(train["labels"], n_classes) if multilabel else train["label"].to_numpy()
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", required=True)
@@ -53,7 +49,7 @@ def main(argv=None) -> None:
     summaries = [json.loads((model_dir / f"fold{k}.json").read_text()) for k in range(args.n_folds)]
     oof, test = assemble(parts, len(train))
     metric = summaries[0]["metric"]
-    cv = metrics.score(metric, truth(train, len(info["classes"]), multilabel), oof, multilabel)
+    cv = metrics.score(metric, targets(train, len(info["classes"]), multilabel), oof, multilabel)
     manifest = {"model": model_dir.name, "classes": info["classes"], "task": info["task"], "metric": metric,
                 "cv": cv, "fold_scores": [s["score"] for s in summaries], "n_train": len(train),
                 "n_test": len(test), "config_hash": summaries[0]["config_hash"], "version": __version__,

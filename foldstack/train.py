@@ -25,23 +25,8 @@ import pandas as pd
 import torch
 
 from . import __version__, config
-from .folds import label_matrix, training_mask
-from .io import atomic_path, save_json
-
-
-def targets(df: pd.DataFrame, n_classes: int, multilabel: bool) -> np.ndarray:
-    """Class indices [n] (int64) or a 0/1 matrix [n, C] (float32)."""
-    if multilabel:
-        return label_matrix(df["labels"], n_classes)
-    return df["label"].to_numpy(dtype=np.int64)
-
-
-def read_fold_ids(folds_csv, train_ids: pd.Series) -> np.ndarray:
-    """folds.csv -> fold per row of train.parquet; fails if the two disagree (stale folds)."""
-    folds = pd.read_csv(folds_csv, dtype={"id": str})
-    if len(folds) != len(train_ids) or not (folds["id"].to_numpy() == train_ids.astype(str).to_numpy()).all():
-        raise SystemExit(f"error: {folds_csv} does not match the processed train rows; re-run `make folds.csv`")
-    return folds["fold"].to_numpy()
+from .folds import read_fold_ids, targets, training_mask
+from .io import InputError, atomic_path, save_json
 
 
 def fit_transformer(cfg, comp, texts: dict, ys: dict, n_classes: int, log_path: Path, seed: int) -> dict:
@@ -125,7 +110,10 @@ def main(argv=None) -> None:
     processed, out = Path(args.processed), Path(args.out_dir)
     train, test = pd.read_parquet(processed / "train.parquet"), pd.read_parquet(processed / "test.parquet")
     classes = json.loads((processed / "classes.json").read_text())["classes"]
-    fold_of = read_fold_ids(args.folds, train["id"])
+    try:
+        fold_of = read_fold_ids(args.folds, train["id"])
+    except InputError as err:
+        sys.exit(f"error: {err}")
     extra = read_extra(cfg.augment, Path(args.features))
     out.mkdir(parents=True, exist_ok=True)
     name = Path(args.model).stem
