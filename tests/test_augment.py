@@ -22,6 +22,22 @@ def words(text: str) -> list[str]:
 
 # ---- EDA -----------------------------------------------------------------------------------------------------
 
+def test_synonyms_are_those_of_nltks_wordnet_synsets():
+    """synonyms() reads lemma names without NLTK's synset parser: same names, same order, for inflected forms,
+    adjectives with syntactic markers, multi-word lemmas and words WordNet lacks."""
+    from nltk.corpus import wordnet
+
+    def reference(word):
+        names = (lem.name().replace("_", " ").lower() for syn in wordnet.synsets(word) for lem in syn.lemmas())
+        return tuple(n for n in dict.fromkeys(names) if n != word)
+
+    vocab = ("cars running better went geese brilliant galore elect united states happily film shot boring "
+             "xyzzy data mice ran flew teeth").split()
+    assert all(eda.synonyms(w) == reference(w) for w in vocab)
+    assert eda.synonyms("galore") == ("abounding",)  # WordNet stores 'galore(ip)': the marker is stripped
+    assert all("(" not in n for w in vocab for n in eda.synonyms(w))
+
+
 def test_synonym_replacement_swaps_non_stopwords_for_wordnet_synonyms():
     tokens = words("The film was a film , truly awful (film) .")
     out = eda.synonym_replacement(tokens, 1, random.Random(0))
