@@ -7,8 +7,9 @@ Run    python -m foldstack.folds --competition=data/competition.yaml --train=dat
 
 StratifiedKFold for single-label tasks, StratifiedGroupKFold when a group column is set (a group never straddles
 folds), MultilabelStratifiedKFold (iterative stratification) for multi-label. All shuffled with the seed, so the
-same config always gives the same folds. Augmented and pseudo-labelled rows never get a fold of their own: they
-inherit their source row's (see `training_mask`).
+same config always gives the same folds. Augmented and pseudo-labelled rows never get a fold of their own: an
+augmented row trains only folds where its source row is on the training side (see `training_mask`), a pseudo-labelled
+test row only the student fold it was labelled for (foldstack.pseudo); neither is ever validated.
 """
 from __future__ import annotations
 

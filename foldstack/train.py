@@ -1,15 +1,19 @@
 """train stage: one base model on one fold -> that fold's validation and test predictions.
 
-Reads  models/<m>.yaml, data/competition.yaml, data/processed/{train,test}.parquet + classes.json, folds/folds.csv
+Reads  models/<m>.yaml, data/competition.yaml, data/processed/{train,test}.parquet + classes.json, folds/folds.csv,
+       the model's augmented sets features/<set>.parquet, and with --pseudo a round's features/pseudo_r<r>.parquet
 Writes <out-dir>/fold<k>.npz   val_idx [n_val] (rows of train.parquet), val [n_val, C], test [n_test, C]
        <out-dir>/fold<k>.json  validation score, best epoch, timings, per-epoch history
        <out-dir>/fold<k>.log   one JSON line per epoch, written as training goes
        models/<m>/fold<k>.pt   the best weights, when the model sets save_checkpoint
 Run    python -m foldstack.train --model=models/minilm_bilstm.yaml --fold=0 --out-dir=folds/minilm_bilstm \
-           [--epochs=1 --max_len=128 ...]   (overrides are checked like the YAML's keys)
+           [--pseudo=features/pseudo_r1.parquet] [--epochs=1 --max_len=128 ...]   (overrides are checked like the
+           YAML's keys)
 
 A fresh model is built for every fold. Only rows outside fold k train it; only fold k's original rows are
-validated and predicted for the OOF.
+validated and predicted for the OOF. Pseudo-labelled test rows join fold k's training only when their `fold` is k
+(see foldstack.pseudo); transformers train on their probabilities when the file has them (labels: soft), classical
+models always on the hard labels.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ import torch
 from . import __version__, config
 from .folds import read_fold_ids, targets, training_mask
 from .io import InputError, atomic_path, save_json
+from .pseudo import join_targets, read_pseudo, training_rows
 
 
 def fit_transformer(cfg, comp, texts: dict, ys: dict, n_classes: int, log_path: Path, seed: int) -> dict:
@@ -62,10 +67,12 @@ def extra_rows(extra: pd.DataFrame | None, train: pd.DataFrame, fold_of: np.ndar
 
 
 def run_fold(cfg, comp, train: pd.DataFrame, test: pd.DataFrame, fold_of: np.ndarray, fold: int,
-             n_classes: int, log_path: Path, extra: pd.DataFrame | None = None) -> tuple[np.ndarray, dict]:
+             n_classes: int, log_path: Path, extra: pd.DataFrame | None = None,
+             pseudo: pd.DataFrame | None = None) -> tuple[np.ndarray, dict]:
     """Split, fit and predict one fold; returns the validation row positions and the fit's result.
 
     `extra` holds training-only rows (augmented copies: src_id + text columns); each takes its source's label.
+    `pseudo` holds training-only test rows (id, fold, labels); fold `fold` takes those whose `fold` is `fold`.
     """
     column = "text_lemma" if cfg.text == "lemma" else "text"
     y = targets(train, n_classes, comp.multilabel)
@@ -75,6 +82,10 @@ def run_fold(cfg, comp, train: pd.DataFrame, test: pd.DataFrame, fold_of: np.nda
         extra = extra.iloc[extra_rows(extra, train, fold_of, fold)]
         train_texts += extra[column].tolist()
         train_y = np.concatenate([train_y, y[pd.Index(train["id"]).get_indexer(extra["src_id"])]])
+    if pseudo is not None:
+        texts_p, y_p = training_rows(pseudo, test, fold, column, n_classes, comp.multilabel,
+                                     soft=cfg.kind == "transformer")  # classical models fit hard labels only
+        train_texts, train_y = train_texts + texts_p, join_targets(train_y, y_p, n_classes)
     texts = {"train": train_texts, "val": train[column].iloc[val].tolist(), "test": test[column].tolist()}
     ys = {"train": train_y, "val": y[val]}
     fit_fn = fit_transformer if cfg.kind == "transformer" else fit_classical
@@ -97,6 +108,7 @@ def main(argv=None) -> None:
     ap.add_argument("--processed", default="data/processed")
     ap.add_argument("--folds", default="folds/folds.csv")
     ap.add_argument("--features", default="features", help="where augmented sets <name>.parquet live")
+    ap.add_argument("--pseudo", default=None, help="features/pseudo_r<r>.parquet: extra training rows per fold")
     ap.add_argument("--checkpoint-dir", default=None, help="default: models/<name>")
     args, overrides = ap.parse_known_args(argv)
     try:
@@ -112,16 +124,18 @@ def main(argv=None) -> None:
     classes = json.loads((processed / "classes.json").read_text())["classes"]
     try:
         fold_of = read_fold_ids(args.folds, train["id"])
+        pseudo = read_pseudo(args.pseudo, test["id"], len(classes), comp.multilabel) if args.pseudo else None
     except InputError as err:
         sys.exit(f"error: {err}")
     extra = read_extra(cfg.augment, Path(args.features))
     out.mkdir(parents=True, exist_ok=True)
     name = Path(args.model).stem
+    n_pseudo = 0 if pseudo is None else int((pseudo["fold"] == args.fold).sum())
     print(f"train {name} fold {args.fold}: {(fold_of != args.fold).sum()} train / {(fold_of == args.fold).sum()} "
-          f"val rows, {len(test)} test rows")
+          f"val rows, {len(test)} test rows" + (f", {n_pseudo} pseudo rows" if pseudo is not None else ""))
     start = time.perf_counter()
     val_idx, res = run_fold(cfg, comp, train, test, fold_of, args.fold, len(classes), out / f"fold{args.fold}.log",
-                            extra)
+                            extra, pseudo)
     weights = res.pop("weights", None)
     if cfg.save_checkpoint and weights is not None:
         ckpt = Path(args.checkpoint_dir or Path("models") / name) / f"fold{args.fold}.pt"
@@ -130,7 +144,7 @@ def main(argv=None) -> None:
     summary = {k: v for k, v in res.items() if k not in ("val", "test")}
     summary.update(model=name, fold=args.fold, metric=comp.metric, config_hash=config.config_hash(cfg),
                    version=__version__, secs=time.perf_counter() - start, threads=torch.get_num_threads(),
-                   cpu_count=os.cpu_count())
+                   cpu_count=os.cpu_count(), pseudo=args.pseudo, n_pseudo=n_pseudo)
     save_json(out / f"fold{args.fold}.json", summary)
     with atomic_path(out / f"fold{args.fold}.npz") as tmp, open(tmp, "wb") as fh:  # last: the Make target
         np.savez(fh, val_idx=val_idx, val=res["val"].astype(np.float32), test=res["test"].astype(np.float32))

@@ -25,7 +25,8 @@ from .optim import make_optimizer, make_scheduler
 
 @dataclass
 class FoldData:
-    """Token ids (lists of arrays) and targets; y is class indices [n] or a 0/1 matrix [n, C]."""
+    """Token ids (lists of arrays) and targets; y is class indices [n] or a 0/1 matrix [n, C], and train_y may be
+    class probabilities [n, C] (soft pseudo labels, foldstack.pseudo)."""
     train_ids: list
     train_y: np.ndarray
     val_ids: list
@@ -69,6 +70,8 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def loss_fn(logits: torch.Tensor, y: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    """Cross-entropy on class indices [B] or class probabilities [B, C] (one-hot rows + soft pseudo labels);
+    BCE-with-logits on 0/1 or probability targets [B, C] for multi-label. Both in fp32."""
     logits = logits.float()
     if multilabel:
         return torch.nn.functional.binary_cross_entropy_with_logits(logits, y.float())
