@@ -27,7 +27,20 @@ N_FOLDS := $(or $(word 1,$(COMP_VARS)),5)
 RAW := $(wordlist 2,4,$(COMP_VARS))
 FOLD_IDS := $(shell seq 0 $$(($(N_FOLDS) - 1)))
 MODELS := $(basename $(notdir $(wildcard models/*.yaml)))
-MANIFESTS := $(MODELS:%=folds/%/manifest.json)
+# Pseudo-label rounds (README "Pseudo-labels"): round 0 is the plain pipeline (folds/<m>/, ensemble/<method>/,
+# submissions/<method>.csv); round r >= 1 retrains every model from scratch with features/pseudo_r<r>.parquet and
+# writes folds/r<r>/<m>/, ensemble/r<r>/<method>/, submissions/r<r>/<method>.csv. ROUND=r picks the round that
+# folds, submit, score and report build; rules exist for rounds 0..ROUND, so round r builds whatever it lacks.
+ROUND ?= 0
+ROUNDS := $(shell seq 0 $(ROUND) 2>/dev/null)
+$(if $(filter $(ROUND),$(ROUNDS)),,$(error ROUND=$(ROUND) is not a round number (0, 1, 2 ...)))
+round_dir = $(1)$(if $(filter 0,$(2)),,/r$(2))
+fdir = $(call round_dir,folds,$(1))
+edir = $(call round_dir,ensemble,$(1))
+manifests = $(MODELS:%=$(call fdir,$(1))/%/manifest.json)
+pseudo_file = $(if $(filter 0,$(1)),,features/pseudo_r$(1).parquet)
+PSEUDO_CFG := $(or $(wildcard features/pseudo.yaml),$(ROOT)/features/pseudo.yaml)
+MANIFESTS := $(call manifests,$(ROUND))
 PROCESSED := data/processed/train.parquet
 
 help:  ## list the entry points
@@ -79,16 +92,19 @@ augment: $(patsubst %,features/%.parquet,$(or $(USED_AUGMENT),$(AUGMENT_SETS))) 
 $(AUGMENT_SETS:%=features/%.parquet): features/%.parquet: $(PROCESSED) $(AUGMENT_CFG) | $(SETUP)
 	$(PY) -m foldstack.augment --set=$* --config=$(AUGMENT_CFG) --train=$(PROCESSED) --out=$@
 
-# One training target per model x fold, one gather target per model.
+# One training target per model x fold x round, one gather target per model x round ($(1) model, $(2) round).
+pseudo_args = $(if $(call pseudo_file,$(2)),--pseudo=$(call pseudo_file,$(2)) --checkpoint-dir=models/$(1)/r$(2))
 define MODEL_RULES
-folds/$(1)/fold%.npz: models/$(1).yaml folds/folds.csv $(PROCESSED) $(AUGMENT_$(1):%=features/%.parquet)
-	$(PY) -m foldstack.train --model=models/$(1).yaml --fold=$$* --out-dir=folds/$(1) --competition=$(COMP)
-folds/$(1)/manifest.json: $(FOLD_IDS:%=folds/$(1)/fold%.npz)
-	$(PY) -m foldstack.gather --model-dir=folds/$(1) --n-folds=$(N_FOLDS)
+$(call fdir,$(2))/$(1)/fold%.npz: models/$(1).yaml folds/folds.csv $(PROCESSED) \
+  $(AUGMENT_$(1):%=features/%.parquet) $(call pseudo_file,$(2))
+	$(PY) -m foldstack.train --model=models/$(1).yaml --fold=$$* --out-dir=$(call fdir,$(2))/$(1) \
+	  --competition=$(COMP) $(call pseudo_args,$(1),$(2))
+$(call fdir,$(2))/$(1)/manifest.json: $(FOLD_IDS:%=$(call fdir,$(2))/$(1)/fold%.npz)
+	$(PY) -m foldstack.gather --model-dir=$(call fdir,$(2))/$(1) --n-folds=$(N_FOLDS)
 endef
-$(foreach m,$(MODELS),$(eval $(call MODEL_RULES,$(m))))
+$(foreach r,$(ROUNDS),$(foreach m,$(MODELS),$(eval $(call MODEL_RULES,$(m),$(r)))))
 
-folds: $(MANIFESTS)  ## k-fold training of every models/*.yaml -> folds/<m>/{oof,test}.npy
+folds: $(MANIFESTS)  ## k-fold training of every models/*.yaml -> folds/<m>/{oof,test}.npy (ROUND=r: folds/r<r>/)
 	@$(PY) -m foldstack.report --summary $(MANIFESTS)
 
 # The ensemble stage (ensemble/ensemble.yaml; the project's copy when a workspace has none). One target per method:
@@ -97,19 +113,34 @@ folds: $(MANIFESTS)  ## k-fold training of every models/*.yaml -> folds/<m>/{oof
 ENSEMBLE_CFG := $(or $(wildcard ensemble/ensemble.yaml),$(ROOT)/ensemble/ensemble.yaml)
 METHODS := $(if $(wildcard $(PY)),$(shell $(PY) -m foldstack.ensemble make-vars --config=$(ENSEMBLE_CFG) 2>/dev/null))
 ENSEMBLE = $(PY) -m foldstack.ensemble
-ENSEMBLE_ARGS = --config=$(ENSEMBLE_CFG) --competition=$(COMP) --manifests $(MANIFESTS)
+ensemble_args = --config=$(ENSEMBLE_CFG) --competition=$(COMP) --manifests $(call manifests,$(1)) \
+  --ensemble-dir=$(call edir,$(1)) --submissions=$(call round_dir,submissions,$(1))
+ENSEMBLE_ARGS = $(call ensemble_args,$(ROUND))
 
-ensemble/%/scores.json: $(MANIFESTS) folds/folds.csv $(ENSEMBLE_CFG)
-	$(ENSEMBLE) fit --method=$* $(ENSEMBLE_ARGS)
+# Per round $(1): each method's blend, the leaderboard, and any one method's submission
+# (`make submissions/caruana.csv`, `make submissions/r1/caruana.csv ROUND=1`).
+define ENSEMBLE_RULES
+$(patsubst %,$(call edir,$(1))/%/scores.json,$(METHODS)): $(call edir,$(1))/%/scores.json: $(call manifests,$(1)) \
+  folds/folds.csv $(ENSEMBLE_CFG)
+	$(ENSEMBLE) fit --method=$$* $(call ensemble_args,$(1))
+$(call edir,$(1))/leaderboard.json: $(patsubst %,$(call edir,$(1))/%/scores.json,$(METHODS)) $(ENSEMBLE_CFG)
+	$(ENSEMBLE) leaderboard $(call ensemble_args,$(1))
+$(patsubst %,$(call round_dir,submissions,$(1))/%.csv,$(METHODS)): $(call round_dir,submissions,$(1))/%.csv: \
+  $(call edir,$(1))/%/scores.json $(COMP)
+	$(ENSEMBLE) submit --method=$$* $(call ensemble_args,$(1))
+endef
+$(foreach r,$(ROUNDS),$(eval $(call ENSEMBLE_RULES,$(r))))
 
-ensemble/leaderboard.json: $(METHODS:%=ensemble/%/scores.json) $(ENSEMBLE_CFG)
-	$(ENSEMBLE) leaderboard $(ENSEMBLE_ARGS)
+# Round r's pseudo rows ($(1) = r, $(2) = r - 1) come from round r-1's models, as ensemble.yaml's members; the
+# leaderboard as prerequisite brings the whole round r-1 (and the chosen blend, for `teacher: ensemble`).
+define PSEUDO_RULE
+features/pseudo_r$(1).parquet: $(call edir,$(2))/leaderboard.json $(PSEUDO_CFG)
+	$(PY) -m foldstack.pseudo select --config=$(PSEUDO_CFG) --ensemble-config=$(ENSEMBLE_CFG) --competition=$(COMP) \
+	  --manifests $(call manifests,$(2)) --ensemble-dir=$(call edir,$(2)) --out=$$@
+endef
+$(foreach r,$(filter-out 0,$(ROUNDS)),$(eval $(call PSEUDO_RULE,$(r),$(word $(r),$(ROUNDS)))))
 
-# Any one method's submission, e.g. `make submissions/stack_lr.csv`.
-submissions/%.csv: ensemble/%/scores.json $(COMP)
-	$(ENSEMBLE) submit --method=$* $(ENSEMBLE_ARGS)
-
-submit: ensemble/leaderboard.json $(COMP)  ## blend the models (ensemble/ensemble.yaml) -> submissions/<method>.csv
+submit: $(call edir,$(ROUND))/leaderboard.json $(COMP)  ## blend the models -> submissions/[r<r>/]<method>.csv
 	$(ENSEMBLE) submit $(ENSEMBLE_ARGS)
 
 score: $(or $(SUB),submit)  ## test scores vs SOLUTION: leaderboard + the submitted file (or SUB=file)
@@ -118,6 +149,20 @@ score: $(or $(SUB),submit)  ## test scores vs SOLUTION: leaderboard + the submit
 
 report: $(MANIFESTS)  ## per model: fold scores, confusion, most confident mistakes
 	$(PY) -m foldstack.report $(MANIFESTS)
+
+# `make pseudo`: round after round, each an ordinary `make submit ROUND=r` (so an interrupted run resumes at its
+# first unfinished fold), while the last round raised the blend's nested CV by min_delta, up to max_rounds
+# (features/pseudo.yaml). `foldstack.pseudo next-round` prints the next round, or nothing to stop.
+.PHONY: pseudo pseudo-score
+PSEUDO_ARGS = --config=$(PSEUDO_CFG) --competition=$(COMP) --ensemble-root=ensemble
+pseudo:  ## pseudo-label rounds while the nested CV improves -> folds/r<r>/, ensemble/r<r>/, submissions/r<r>/
+	@r=0; while [ -n "$$r" ]; do \
+	  $(MAKE) --no-print-directory submit ROUND=$$r && \
+	  r=$$($(PY) -m foldstack.pseudo next-round --round=$$r $(PSEUDO_ARGS)) || exit 1; \
+	done
+
+pseudo-score:  ## per round: pseudo rows and their accuracy vs SOLUTION, nested CV, test score
+	$(PY) -m foldstack.pseudo score $(PSEUDO_ARGS) --features=features --solution=$(SOLUTION)
 
 test: setup  ## setup + the test suite
 	cd $(ROOT) && HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
@@ -128,5 +173,5 @@ bench: $(PROCESSED) | $(SETUP)  ## training/inference throughput (fp32 vs bf16),
 
 clean:  ## remove generated artefacts (keeps data/raw, configs and .venv)
 	rm -rf data/processed folds/*/ folds/folds.csv features/*.parquet ensemble/*/ ensemble/leaderboard.json \
-	  submissions/*.csv
+	  submissions/*.csv submissions/r*/
 	rm -rf $(addprefix models/,$(MODELS))
