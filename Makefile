@@ -29,15 +29,15 @@ FOLD_IDS := $(shell seq 0 $$(($(N_FOLDS) - 1)))
 MODELS := $(basename $(notdir $(wildcard models/*.yaml)))
 # Pseudo-label rounds (README "Pseudo-labels"): round 0 is the plain pipeline (folds/<m>/, ensemble/<method>/,
 # submissions/<method>.csv); round r >= 1 retrains every model from scratch with features/pseudo_r<r>.parquet and
-# writes folds/r<r>/<m>/, ensemble/r<r>/<method>/, submissions/r<r>/<method>.csv. ROUND=r picks the round that
+# writes folds/<m>/r<r>/, ensemble/r<r>/<method>/, submissions/r<r>/<method>.csv. ROUND=r picks the round that
 # folds, submit, score and report build; rules exist for rounds 0..ROUND, so round r builds whatever it lacks.
 ROUND ?= 0
 ROUNDS := $(shell seq 0 $(ROUND) 2>/dev/null)
 $(if $(filter $(ROUND),$(ROUNDS)),,$(error ROUND=$(ROUND) is not a round number (0, 1, 2 ...)))
 round_dir = $(1)$(if $(filter 0,$(2)),,/r$(2))
-fdir = $(call round_dir,folds,$(1))
+mdir = $(call round_dir,folds/$(1),$(2))
 edir = $(call round_dir,ensemble,$(1))
-manifests = $(MODELS:%=$(call fdir,$(1))/%/manifest.json)
+manifests = $(foreach m,$(MODELS),$(call mdir,$(m),$(1))/manifest.json)
 pseudo_file = $(if $(filter 0,$(1)),,features/pseudo_r$(1).parquet)
 PSEUDO_CFG := $(or $(wildcard features/pseudo.yaml),$(ROOT)/features/pseudo.yaml)
 MANIFESTS := $(call manifests,$(ROUND))
@@ -95,16 +95,16 @@ $(AUGMENT_SETS:%=features/%.parquet): features/%.parquet: $(PROCESSED) $(AUGMENT
 # One training target per model x fold x round, one gather target per model x round ($(1) model, $(2) round).
 pseudo_args = $(if $(call pseudo_file,$(2)),--pseudo=$(call pseudo_file,$(2)) --checkpoint-dir=models/$(1)/r$(2))
 define MODEL_RULES
-$(call fdir,$(2))/$(1)/fold%.npz: models/$(1).yaml folds/folds.csv $(PROCESSED) \
+$(call mdir,$(1),$(2))/fold%.npz: models/$(1).yaml folds/folds.csv $(PROCESSED) \
   $(AUGMENT_$(1):%=features/%.parquet) $(call pseudo_file,$(2))
-	$(PY) -m foldstack.train --model=models/$(1).yaml --fold=$$* --out-dir=$(call fdir,$(2))/$(1) \
+	$(PY) -m foldstack.train --model=models/$(1).yaml --fold=$$* --out-dir=$(call mdir,$(1),$(2)) \
 	  --competition=$(COMP) $(call pseudo_args,$(1),$(2))
-$(call fdir,$(2))/$(1)/manifest.json: $(FOLD_IDS:%=$(call fdir,$(2))/$(1)/fold%.npz)
-	$(PY) -m foldstack.gather --model-dir=$(call fdir,$(2))/$(1) --n-folds=$(N_FOLDS)
+$(call mdir,$(1),$(2))/manifest.json: $(FOLD_IDS:%=$(call mdir,$(1),$(2))/fold%.npz)
+	$(PY) -m foldstack.gather --model-dir=$(call mdir,$(1),$(2)) --n-folds=$(N_FOLDS)
 endef
 $(foreach r,$(ROUNDS),$(foreach m,$(MODELS),$(eval $(call MODEL_RULES,$(m),$(r)))))
 
-folds: $(MANIFESTS)  ## k-fold training of every models/*.yaml -> folds/<m>/{oof,test}.npy (ROUND=r: folds/r<r>/)
+folds: $(MANIFESTS)  ## k-fold training of every models/*.yaml -> folds/<m>/{oof,test}.npy (ROUND=r: folds/<m>/r<r>/)
 	@$(PY) -m foldstack.report --summary $(MANIFESTS)
 
 # The ensemble stage (ensemble/ensemble.yaml; the project's copy when a workspace has none). One target per method:
@@ -155,7 +155,7 @@ report: $(MANIFESTS)  ## per model: fold scores, confusion, most confident mista
 # (features/pseudo.yaml). `foldstack.pseudo next-round` prints the next round, or nothing to stop.
 .PHONY: pseudo pseudo-score
 PSEUDO_ARGS = --config=$(PSEUDO_CFG) --competition=$(COMP) --ensemble-root=ensemble
-pseudo:  ## pseudo-label rounds while the nested CV improves -> folds/r<r>/, ensemble/r<r>/, submissions/r<r>/
+pseudo:  ## pseudo-label rounds while the nested CV improves -> folds/<m>/r<r>/, ensemble/r<r>/, submissions/r<r>/
 	@r=0; while [ -n "$$r" ]; do \
 	  $(MAKE) --no-print-directory submit ROUND=$$r && \
 	  r=$$($(PY) -m foldstack.pseudo next-round --round=$$r $(PSEUDO_ARGS)) || exit 1; \

@@ -6,12 +6,12 @@ Reads  features/pseudo.yaml; round r-1's members (folds/[r<r-1>/]<m>/{manifest.j
 Writes features/pseudo_r<r>.parquet  one row per (student fold, test id): id, fold, label | labels (the processed
        format), confidence; with `labels: soft` also probs (the teacher's per-class probabilities, classes.json order)
 Run    python -m foldstack.pseudo select --manifests folds/*/manifest.json --ensemble-dir=ensemble \
-           --out=features/pseudo_r1.parquet      (round 1 from round 0; round r reads folds/r<r-1>/, ensemble/r<r-1>/)
+           --out=features/pseudo_r1.parquet   (round 1 from round 0; round r reads folds/<m>/r<r-1>/, ensemble/r<r-1>/)
        python -m foldstack.pseudo next-round --round=1   (prints 2, or nothing when the rounds should stop)
        python -m foldstack.pseudo score --solution=data/solution.csv   (per round: pseudo rows and their accuracy,
            nested CV, test score)
 
-Round 0 is the plain pipeline (folds/<m>/, ensemble/<method>/); round r >= 1 lives in folds/r<r>/<m>/ and
+Round 0 is the plain pipeline (folds/<m>/, ensemble/<method>/); round r >= 1 lives in folds/<m>/r<r>/ and
 ensemble/r<r>/<method>/ (`round_dir`), so rounds never overwrite each other.
 
 Leak-free by construction. Pseudo rows only ever train (train.py adds fold k's rows, `fold == k`, to fold k's

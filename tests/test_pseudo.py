@@ -240,13 +240,14 @@ def test_make_pseudo_runs_a_round_and_stops_by_the_delta_rule(pseudo_ws):
     ws, out = pseudo_ws
     assert "pseudo: nested CV accuracy per round: r0 " in out and "round 1 changed the nested CV by" in out
     assert "< min_delta 0.5: stop; best round" in out and "next round 1" in out
-    assert (ws / "ensemble" / "r1" / "leaderboard.json").exists() and not (ws / "folds" / "r2").exists()
+    assert (ws / "ensemble" / "r1" / "leaderboard.json").exists() and not (ws / "ensemble" / "r2").exists()
+    assert not any((ws / "folds").glob("*/r2"))
     df = pd.read_parquet(ws / "features" / "pseudo_r1.parquet")
     assert len(df) and set(df["fold"]) <= {0, 1, 2} and df.groupby("fold").size().max() <= 20
     for model in FAST:  # round 1 keeps the OOF contract: original rows only, each exactly once
-        check_oof_contract(ws, f"r1/{model}", 150, 40, 3)
+        check_oof_contract(ws, f"{model}/r1", 150, 40, 3)
         for k in range(3):
-            summary = json.loads((ws / "folds" / "r1" / model / f"fold{k}.json").read_text())
+            summary = json.loads((ws / "folds" / model / "r1" / f"fold{k}.json").read_text())
             assert summary["n_pseudo"] == (df["fold"] == k).sum()
     assert "score: submissions/r1/mean.csv  test accuracy" in make(ws, "score", "ROUND=1")
     assert "score: submissions/mean.csv  test accuracy" in make(ws, "score")
@@ -272,10 +273,10 @@ def test_round_one_teachers_are_fold_k_models_that_never_saw_fold_k(pseudo_ws):
 
 def test_an_interrupted_round_resumes_at_its_unfinished_fold(pseudo_ws):
     ws, _ = pseudo_ws
-    (ws / "folds" / "r1" / "tfidf_lr" / "fold1.npz").unlink()  # as if round 1 died in fold 1
+    (ws / "folds" / "tfidf_lr" / "r1" / "fold1.npz").unlink()  # as if round 1 died in fold 1
     plan = make(ws, "submit", "ROUND=1", dry=True)
     assert plan.count("foldstack.train") == 1 and "foldstack.pseudo select" not in plan
-    assert "--fold=1 --out-dir=folds/r1/tfidf_lr" in plan and "--pseudo=features/pseudo_r1.parquet" in plan
+    assert "--fold=1 --out-dir=folds/tfidf_lr/r1" in plan and "--pseudo=features/pseudo_r1.parquet" in plan
     assert "foldstack.train" not in make(ws, "submit", dry=True), "round 0 is untouched"
     out = make_pseudo(ws)
     assert out.count("foldstack.train") == 1 and "--model=models/tfidf_lr.yaml --fold=1" in out
