@@ -52,8 +52,11 @@ def param_groups(model, lr: float, layer_decay: float, head_lr: float, weight_de
 
 def make_optimizer(model, cfg) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.lr, cfg.layer_decay, cfg.head_lr, cfg.weight_decay)
-    # foreach=True: one fused kernel per group instead of one per tensor (also the default on CUDA).
-    return torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
+    # fused: one kernel for the whole update; bench/levers.py measured optimizer.step() 14 ms vs foreach's 64 ms on
+    # CPU (+15% training samples/s for MiniLM). It honours GradScaler (fp16 on CUDA skips inf steps as foreach
+    # does). Devices without fused kernels keep foreach.
+    fused = next(model.parameters()).device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused, foreach=None if fused else True)
 
 
 def make_scheduler(optimizer, total_steps: int, warmup: float):
