@@ -167,9 +167,11 @@ pseudo-score:  ## per round: pseudo rows and their accuracy vs SOLUTION, nested 
 test: setup  ## setup + the test suite
 	cd $(ROOT) && HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
-bench: $(PROCESSED) | $(SETUP)  ## training/inference throughput (fp32 vs bf16), augmentation speed -> bench/results/
-	$(PY) $(ROOT)/bench/throughput.py --train=$(PROCESSED) --out=bench/results/throughput.json
-	$(PY) $(ROOT)/bench/augment_speed.py --train=$(PROCESSED) --out=bench/results/augment.json
+# BENCH_ARGS="--train=<processed train.parquet> --steps=N --threads=N --quick" (bench/bench.py --help)
+bench: $(PROCESSED) | $(SETUP)  ## foldstack vs HF Trainer vs the recipe's loop, GEMM peak, augmentation -> bench/results/
+	@# HF's Trainer (the baseline) needs accelerate; only the bench does, so it is an extra
+	$(PY) -c "import accelerate" 2>/dev/null || $(PY) -m pip install -q -e "$(ROOT)[bench]"
+	$(PY) $(ROOT)/bench/bench.py --train=$(PROCESSED) $(BENCH_ARGS)
 
 clean:  ## remove generated artefacts (keeps data/raw, configs and .venv)
 	rm -rf data/processed folds/*/ folds/folds.csv features/*.parquet ensemble/*/ ensemble/leaderboard.json \

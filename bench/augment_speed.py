@@ -1,10 +1,13 @@
-"""Augmentation throughput: EDA docs/s (1 and N worker processes) and apertium back-translation sentences/s.
+"""Preprocessing and augmentation throughput: WordNet lemmatization docs/s, EDA docs/s (1 and N worker
+processes) and apertium back-translation sentences/s. bench.py runs it as part of `make bench`.
 
 Reads  a processed train.parquet (default: the demo's data/processed/train.parquet) and, when present,
        ../shared/data/20news/train.csv (subject + body joined as prep joins them; no lemmas needed here)
 Writes bench/results/augment.json, and prints a table plus three example texts of each kind per data set
-Run    .venv/bin/python bench/augment_speed.py [--train=...] [--news=DIR] [--bt-texts=600] [--workers=2]
+Run    .venv/bin/python bench/augment_speed.py [--train=...] [--news=DIR or ''] [--bt-texts=600] [--workers=2]
+           [--max-docs=N]
 
+Lemmatization runs prep's lemmatize_texts on the source texts (docs/s, --workers processes as prep uses).
 EDA runs the stage's code (features/augment.yaml's eda section) on every row, each timing in a forked process that
 starts as cold as a stage run (empty synonym memo, WordNet caches); one-off start-up (nlpaug imports torch, WordNet loads) is timed apart. "docs/s" counts source rows per
 second; lemmatizing the augmented texts (part of the stage) is timed apart too. Back-translation pipes the
@@ -15,36 +18,16 @@ and the CPU seconds actually used (this process + its children) are recorded wit
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
-import resource
 import shutil
-import sys
 import time
 from pathlib import Path
 
-import pandas as pd
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from foldstack import augment, backtrans, eda, prep  # noqa: E402
-from foldstack.io import save_json  # noqa: E402
-from foldstack.text import lemmatize_texts  # noqa: E402
-
-
-def load(name: str, path: Path) -> tuple[list[str], list[str]]:
-    if path.suffix == ".parquet":
-        df = pd.read_parquet(path)
-        return df["id"].astype(str).tolist(), df["text"].tolist()
-    df = pd.read_csv(path / "train.csv", dtype=str, keep_default_na=False)
-    return df["id"].tolist(), prep.join_text(df, ("subject", "body"))
-
-
-def cpu_secs() -> float:
-    """CPU seconds used so far by this process and its finished children (pool workers, apertium's pipeline)."""
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+from benchlib import ROOT, cpu_secs, load_texts
+from foldstack import augment, backtrans, eda
+from foldstack.io import save_json
+from foldstack.text import lemmatize_texts
 
 
 def isolated(fn, *args):
@@ -59,13 +42,21 @@ def isolated(fn, *args):
 
 
 def time_eda(ids, texts, cfg, workers: int) -> dict:
-    eda._fresh_wordnet_files()  # in the forked child: its own file handles
     load_before = os.getloadavg()[0]
     start, cpu = time.perf_counter(), cpu_secs()
     rows = eda.augment_texts(ids, texts, cfg, workers)
     secs, cpu = time.perf_counter() - start, cpu_secs() - cpu
     return {"workers": workers, "docs": len(texts), "copies": len(rows), "secs": secs, "docs_per_s": len(texts) / secs,
             "cpu_secs": cpu, "docs_per_cpu_s": len(texts) / cpu, "load_avg": load_before, "rows": rows}
+
+
+def time_lemmatize(texts, workers: int) -> dict:
+    """prep's lemmatizer on the source texts, in a fork of the warmed-up process (WordNet's load is in start-up)."""
+    start, cpu = time.perf_counter(), cpu_secs()
+    lemmatize_texts(texts, workers)
+    secs, cpu = time.perf_counter() - start, cpu_secs() - cpu
+    return {"workers": workers, "docs": len(texts), "secs": secs, "docs_per_s": len(texts) / secs, "cpu_secs": cpu,
+            "docs_per_cpu_s": len(texts) / cpu}
 
 
 def time_backtrans(texts, cfg, n: int) -> dict:
@@ -90,8 +81,10 @@ def show(pairs, width: int = 240) -> list[dict]:
 
 
 def bench_one(name: str, path: Path, args, eda_cfg, bt_cfg) -> dict:
-    ids, texts = load(name, path)
+    ids, texts = load_texts(path)
+    ids, texts = ids[:args.max_docs], texts[:args.max_docs]
     res = {"data": str(path), "docs": len(texts), "mean_words": sum(len(t.split()) for t in texts) / len(texts)}
+    res["lemmatize"] = isolated(time_lemmatize, texts, args.workers)
     runs = [isolated(time_eda, ids, texts, eda_cfg, w) for w in sorted({1, args.workers})]
     rows = runs[-1]["rows"]
     start = time.perf_counter()
@@ -103,6 +96,9 @@ def bench_one(name: str, path: Path, args, eda_cfg, bt_cfg) -> dict:
         bt = time_backtrans(texts, bt_cfg, args.bt_texts)
         res["backtrans_examples"] = show([("backtrans:apertium", a, b) for a, b in bt.pop("examples")])
         res["backtrans"] = bt
+    lem = res["lemmatize"]
+    print(f"{name:8s} lemmatize: {lem['docs_per_s']:7.0f} docs/s  ({lem['workers']} worker(s), {lem['secs']:.1f}s; "
+          f"{lem['docs_per_cpu_s']:.0f} per CPU-second)")
     for r in res["eda"]:
         print(f"{name:8s} EDA  {r['workers']} worker(s): {r['docs_per_s']:7.0f} docs/s  ({r['docs']} docs, "
               f"{res['mean_words']:.0f} words each, {r['copies']} copies, {r['secs']:.1f}s; "
@@ -123,10 +119,12 @@ def bench_one(name: str, path: Path, args, eda_cfg, bt_cfg) -> dict:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train", default="data/processed/train.parquet", help="processed demo rows")
-    ap.add_argument("--news", default=str(ROOT.parent / "shared" / "data" / "20news"), help="20news folder (optional)")
+    ap.add_argument("--news", default=str(ROOT.parent / "shared" / "data" / "20news"),
+                    help="20news folder (optional; '' skips it)")
     ap.add_argument("--config", default=str(ROOT / "features" / "augment.yaml"))
     ap.add_argument("--bt-texts", type=int, default=600, help="texts per data set to back-translate")
     ap.add_argument("--workers", type=int, default=2, help="EDA worker processes (also timed with 1)")
+    ap.add_argument("--max-docs", type=int, default=None, help="only the first N docs of each set (smoke runs)")
     ap.add_argument("--out", default="bench/results/augment.json")
     args = ap.parse_args(argv)
     eda_cfg = augment.load_config(args.config, "eda")
@@ -136,12 +134,12 @@ def main(argv=None) -> None:
     results = {"startup_secs": time.perf_counter() - start, "cpu_count": os.cpu_count(),
                "eda_config": eda_cfg.__dict__, "backtrans_config": bt_cfg.__dict__}
     print(f"start-up (nlpaug + torch import, WordNet load): {results['startup_secs']:.1f}s")
-    sets = {"demo": Path(args.train), "20news": Path(args.news)}
+    sets = {"demo": Path(args.train), "20news": Path(args.news) if args.news else None}
     for name, path in sets.items():
-        if path.exists():
+        if path is not None and path.exists():
             results[name] = bench_one(name, path, args, eda_cfg, bt_cfg)
         else:
-            print(f"{name}: {path} not found, skipped")
+            print(f"{name}: {path or 'no path given'} not found, skipped")
     save_json(args.out, results)
     print(f"wrote {args.out}")
 
