@@ -10,7 +10,7 @@ Levers (the first variant is foldstack's current choice):
   padding               length-bucketed dynamic padding vs random batches padded to their longest row (HF's
                         default) vs random batches padded to max_len
   sorted_infer          length-sorted inference batches vs row order
-  attention             SDPA vs eager attention (set_attn_implementation on the loaded encoder)
+  attention             eager attention (`attention: auto` on CPU) vs SDPA (transformers' default)
   adamw                 fused AdamW (make_optimizer) vs foreach; also the bare optimizer.step() time
   threads               torch threads 2 vs 1
   compile               the encoder as loaded vs torch.compile(encoder) (compile time reported apart)
@@ -125,8 +125,8 @@ def lever_sorted_infer(ctx: Ctx) -> dict:
 
 
 def lever_attention(ctx: Ctx) -> dict:
-    sdpa, eager = ctx.model("sdpa"), ctx.model("eager")
-    return {"sdpa": lambda: ctx.train(sdpa), "eager": lambda: ctx.train(eager)}
+    auto, sdpa = ctx.model(), ctx.model("sdpa")  # auto: eager on CPU
+    return {"eager (attention: auto)": lambda: ctx.train(auto), "sdpa": lambda: ctx.train(sdpa)}
 
 
 def optimizer_step_ms(ctx: Ctx, model, optimizer, k: int = 10) -> float:
@@ -187,7 +187,7 @@ LEVERS = {"amp_train": ("bf16 autocast, training", lever_amp_train),
           "amp_infer": ("bf16 autocast, inference", lever_amp_infer),
           "padding": ("length-bucketed padding, training", lever_padding),
           "sorted_infer": ("length-sorted inference", lever_sorted_infer),
-          "attention": ("SDPA attention, training", lever_attention),
+          "attention": ("attention kernel, training", lever_attention),
           "adamw": ("AdamW implementation, training", lever_adamw),
           "threads": ("torch threads, training", lever_threads),
           "compile": ("torch.compile of the encoder, training", lever_compile)}
@@ -287,10 +287,7 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help="a smoke run: tiny blocks, one round")
     ap.add_argument("--out", help="default bench/results/levers.json (--quick: levers-quick.json)")
     args = ap.parse_args(argv)
-    for key, (full, quick) in DEFAULTS.items():
-        if getattr(args, key) is None:
-            setattr(args, key, quick if args.quick else full)
-    args.out = args.out or str(benchlib.RESULTS / ("levers-quick.json" if args.quick else "levers.json"))
+    benchlib.fill_defaults(args, DEFAULTS, "levers")
     args.only = [k.strip() for k in args.only.split(",") if k.strip()]
     unknown = [k for k in args.only if k not in LEVERS]
     if unknown:

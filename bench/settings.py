@@ -24,6 +24,10 @@ from benchlib import RECIPE_BATCH, RECIPE_LEN, median
 from foldstack import trainer
 from foldstack.encoder import load_tokenizer
 
+# The baselines load the encoder as transformers does by default (SDPA attention); foldstack's `attention: auto`
+# picks eager on CPU (bench/levers.py's attention lever measures what that is worth).
+BASELINE_ATTENTION = "sdpa"
+
 
 def worker_foldstack(spec: dict) -> dict:
     rows = benchlib.load_rows(spec)
@@ -85,7 +89,7 @@ def hf_trainer(model, rows, collator, clock, out_dir: str, total_steps: int) -> 
 
 def worker_trainer(spec: dict) -> dict:
     rows = benchlib.load_rows(spec)
-    model = benchlib.fresh_model(rows.cfg, rows.n_classes)
+    model = benchlib.fresh_model(rows.cfg, rows.n_classes, BASELINE_ATTENTION)
     collator, clock = CountingCollator(DataCollatorWithPadding(load_tokenizer(rows.cfg.backbone))), benchlib.Clock()
     with tempfile.TemporaryDirectory() as out_dir:
         hf = hf_trainer(model, rows, collator, clock, out_dir, spec["warm"] + spec["steps"])
@@ -122,7 +126,7 @@ def pad_to(seqs: list, pad_id: int, width: int) -> dict:
 def worker_recipe(spec: dict) -> dict:
     rows = benchlib.load_rows(spec)
     cfg, total = rows.cfg, spec["warm"] + spec["steps"]
-    model = benchlib.fresh_model(cfg, rows.n_classes)
+    model = benchlib.fresh_model(cfg, rows.n_classes, BASELINE_ATTENTION)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, total)
     order = np.random.default_rng(cfg.seed).permutation(total * RECIPE_BATCH)  # DataLoader(shuffle=True)'s pass

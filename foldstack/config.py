@@ -68,6 +68,7 @@ class Competition:
 AMP = ("auto", "bf16", "fp16", "off")
 HEADS = ("bilstm", "cls", "mean", "last4")
 TRUNCATION = ("head", "tail", "head_tail")
+ATTENTION = ("auto", "eager", "sdpa")
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class Model:
     head: str = "bilstm"
     lstm_hidden: int = 256         # per direction
     dropout: float = 0.1
+    attention: str = "auto"        # auto: eager on CPU, sdpa on CUDA (encoder.attention_kernel says why)
     attention_dropout: float | None = None  # None keeps the backbone's; 0 trains ~1.6x faster on CPU (offline.md)
     max_len: int = 256
     truncation: str = "head"       # head_tail keeps the first quarter and the last three quarters (Sun et al.)
@@ -101,7 +103,7 @@ class Model:
     def check(self) -> list[tuple[str, str]]:
         bad = []
         choices = {"kind": ("transformer", "tfidf_lr", "tfidf_lgbm"), "head": HEADS,
-                   "truncation": TRUNCATION, "amp": AMP, "text": ("raw", "lemma")}
+                   "truncation": TRUNCATION, "amp": AMP, "attention": ATTENTION, "text": ("raw", "lemma")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 bad.append((key, f"must be one of {', '.join(allowed)}"))

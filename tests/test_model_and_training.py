@@ -7,7 +7,7 @@ import torch
 
 from foldstack import config, trainer
 from foldstack.batching import collate, encode, special_frame, train_batches, truncate
-from foldstack.encoder import build_model, load_tokenizer
+from foldstack.encoder import attention_kernel, build_model, load_tokenizer
 from foldstack.optim import make_optimizer, make_scheduler, param_groups
 from foldstack.prep import FIELD_SEP
 from tests.conftest import corpus
@@ -31,6 +31,20 @@ def test_every_trainable_parameter_in_exactly_one_group(tiny_backbone, head):
     n_layers = model.encoder.config.num_hidden_layers
     assert by_name[f"encoder_depth{n_layers}_nodecay"]["lr"] == pytest.approx(1e-3 * 0.9 ** n_layers)  # embeddings
     assert all(g["weight_decay"] == 0 for g in groups if g["name"].endswith("_nodecay"))
+
+
+def test_attention_auto_is_eager_on_cpu_and_both_kernels_compute_the_same(tiny_backbone):
+    assert attention_kernel("auto", "cpu") == "eager" and attention_kernel("auto", "cuda") is None
+    assert attention_kernel("sdpa", "cpu") == "sdpa"
+    cfg = cfg_for(tiny_backbone, dropout=0.0, attention_dropout=0.0)
+    outs = {}
+    for kernel in ("eager", "sdpa"):
+        torch.manual_seed(0)
+        model = build_model(replace(cfg, attention=kernel), n_out=3).eval()
+        assert model.encoder.config._attn_implementation == kernel
+        ids = torch.tensor([[2, 5, 6, 7, 3], [2, 8, 3, 0, 0]])
+        outs[kernel] = model(ids, (ids != 0).long())
+    torch.testing.assert_close(outs["eager"], outs["sdpa"], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("head", ["bilstm", "cls", "mean", "last4"])
