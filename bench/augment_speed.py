@@ -9,11 +9,12 @@ Run    .venv/bin/python bench/augment_speed.py [--train=...] [--news=DIR or ''] 
 
 Lemmatization runs prep's lemmatize_texts on the source texts (docs/s, --workers processes as prep uses).
 EDA runs the stage's code (features/augment.yaml's eda section) on every row, each timing in a forked process that
-starts as cold as a stage run (empty synonym memo, WordNet caches); one-off start-up (nlpaug imports torch, WordNet loads) is timed apart. "docs/s" counts source rows per
-second; lemmatizing the augmented texts (part of the stage) is timed apart too. Back-translation pipes the
-sentences of the first --bt-texts non-empty rows through apertium in one batch; sentences/s counts segments
-(sentences, long ones cut at max_chars). This machine's timings drift 15-40% with other jobs: the load average
-and the CPU seconds actually used (this process + its children) are recorded with every number.
+starts as cold as a stage run (empty synonym memo, WordNet caches); one-off start-up (nlpaug imports torch, WordNet
+loads) is timed apart. "docs/s" counts source rows per second; lemmatizing the augmented texts (part of the stage)
+is timed apart too. Back-translation pipes the sentences of the first --bt-texts non-empty rows through apertium in
+one batch; sentences/s counts segments (sentences, long ones cut at max_chars). This machine's timings drift 15-40%
+with other jobs: the load average and the CPU seconds actually used (this process + its children) are recorded with
+every number.
 """
 from __future__ import annotations
 

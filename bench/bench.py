@@ -11,10 +11,11 @@ Run    .venv/bin/python bench/bench.py [--train=...] [--steps=60] [--threads=N] 
 Same backbone (the installed MiniLM + foldstack's BiLSTM head, seeded alike), same token ids (tokenized once by
 foldstack at the YAML's max_len, 64 for the demo) and the same first training rows for all three settings:
   foldstack   trainer.train_epoch with make_optimizer (layer-wise lr, head lr, warmup), length-bucketed dynamic
-              padding, the YAML's amp (auto: bf16 autocast where the CPU has it)
+              padding, the YAML's amp (auto: bf16 autocast where the CPU has it), its attention (auto: eager on CPU)
   trainer     transformers.Trainer with its defaults (fp32, DataCollatorWithPadding, its default AdamW and linear
               schedule without warmup, RandomSampler seeded by `seed`, in-process data loading) training the same
-              Classifier; the YAML's batch size and lr, eval batch = foldstack's eval_batch_size
+              Classifier with the encoder as transformers loads it (SDPA attention); the YAML's batch size and lr,
+              eval batch = foldstack's eval_batch_size
   recipe      the public recipe's loop: every row padded to 300 tokens, batch 10, fp32, a plain shuffled pass,
               torch.optim.AdamW (one lr, torch's defaults), linear schedule, clipping; fewer steps (it is slow),
               so the settings are compared by per-sample rates
@@ -257,7 +258,8 @@ def report(s: dict) -> str:
     note = ("  same rows and initial weights; order: foldstack length-bucketed (seed), Trainer its RandomSampler "
             "(seed), recipe a plain permutation\n  optimizer: foldstack layer-wise lr + head lr, warmup; Trainer "
             f"{'fused ' if t['fused'] else ''}{t['optimizer']} lr {t['lr']}, weight decay {t['weight_decay']}, "
-            "no warmup; recipe torch AdamW, one lr, no warmup\n  the recipe saw fewer rows: compare its rates, "
+            "no warmup; recipe torch AdamW, one lr, no warmup\n  attention: foldstack eager (auto on CPU), Trainer and "
+            "recipe SDPA (transformers' default)\n  the recipe saw fewer rows: compare its rates, "
             "not its quality")
     return "\n\n".join([head, training_table(s) + "\n" + note, quality_table(s), inference_table(s),
                         hardware_lines(s), augment_table(s["augment"]), target_lines(s)])
@@ -282,10 +284,7 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help="a smoke run: tiny step counts, one repetition")
     ap.add_argument("--out", help="default bench/results/bench.json (--quick: bench-quick.json)")
     args = ap.parse_args(argv)
-    for key, (full, quick) in DEFAULTS.items():
-        if getattr(args, key) is None:
-            setattr(args, key, quick if args.quick else full)
-    args.out = args.out or str(benchlib.RESULTS / ("bench-quick.json" if args.quick else "bench.json"))
+    benchlib.fill_defaults(args, DEFAULTS, "bench")
     if args.max_len and args.max_len > RECIPE_LEN:
         ap.error(f"--max-len above {RECIPE_LEN} would give the recipe loop (padded to {RECIPE_LEN}) other data")
     if min(args.steps, args.recipe_steps, args.warm, args.reps) < 1:

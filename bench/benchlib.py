@@ -38,6 +38,15 @@ def cpu_secs() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def fill_defaults(args, defaults: dict, stem: str) -> None:
+    """Unset knobs take their default, full or --quick ({knob: (full, quick)}); --out defaults to
+    bench/results/<stem>.json (<stem>-quick.json with --quick)."""
+    for key, (full, quick) in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, quick if args.quick else full)
+    args.out = args.out or str(RESULTS / f"{stem}{'-quick' if args.quick else ''}.json")
+
+
 def peak_rss_gb() -> float:
     """This process's peak resident set so far (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
