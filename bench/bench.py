@@ -11,7 +11,7 @@ Run    .venv/bin/python bench/bench.py [--train=...] [--steps=60] [--threads=N] 
 Same backbone (the installed MiniLM + foldstack's BiLSTM head, seeded alike), same token ids (tokenized once by
 foldstack at the YAML's max_len, 64 for the demo) and the same first training rows for all three settings:
   foldstack   trainer.train_epoch with make_optimizer (layer-wise lr, head lr, warmup), length-bucketed dynamic
-              padding, the YAML's amp (auto: bf16 autocast where the CPU has it), its attention (auto: eager on CPU)
+              padding, the YAML's amp (auto: bf16 autocast where the CPU has it), SDPA attention
   trainer     transformers.Trainer with its defaults (fp32, DataCollatorWithPadding, its default AdamW and linear
               schedule without warmup, RandomSampler seeded by `seed`, in-process data loading) training the same
               Classifier with the encoder as transformers loads it (SDPA attention); the YAML's batch size and lr,
@@ -258,8 +258,8 @@ def report(s: dict) -> str:
     note = ("  same rows and initial weights; order: foldstack length-bucketed (seed), Trainer its RandomSampler "
             "(seed), recipe a plain permutation\n  optimizer: foldstack layer-wise lr + head lr, warmup; Trainer "
             f"{'fused ' if t['fused'] else ''}{t['optimizer']} lr {t['lr']}, weight decay {t['weight_decay']}, "
-            "no warmup; recipe torch AdamW, one lr, no warmup\n  attention: foldstack eager (auto on CPU), Trainer and "
-            "recipe SDPA (transformers' default)\n  the recipe saw fewer rows: compare its rates, "
+            "no warmup; recipe torch AdamW, one lr, no warmup\n  attention: SDPA in all three (transformers' "
+            "default)\n  the recipe saw fewer rows: compare its rates, "
             "not its quality")
     return "\n\n".join([head, training_table(s) + "\n" + note, quality_table(s), inference_table(s),
                         hardware_lines(s), augment_table(s["augment"]), target_lines(s)])

@@ -24,8 +24,8 @@ from benchlib import RECIPE_BATCH, RECIPE_LEN, median
 from foldstack import trainer
 from foldstack.encoder import load_tokenizer
 
-# The baselines load the encoder as transformers does by default (SDPA attention); foldstack's `attention: auto`
-# picks eager on CPU (bench/levers.py's attention lever measures what that is worth).
+# The baselines load the encoder as transformers does by default (SDPA attention), as foldstack's `attention: auto`
+# does; bench/levers.py's attention lever measures the opt-in eager kernel.
 BASELINE_ATTENTION = "sdpa"
 
 

@@ -79,7 +79,7 @@ class Model:
     head: str = "bilstm"
     lstm_hidden: int = 256         # per direction
     dropout: float = 0.1
-    attention: str = "auto"        # auto: eager on CPU, sdpa on CUDA (encoder.attention_kernel says why)
+    attention: str = "auto"        # auto: transformers' default (SDPA) | eager (faster on CPU, more memory) | sdpa
     attention_dropout: float | None = None  # None keeps the backbone's; 0 trains ~1.6x faster on CPU (offline.md)
     max_len: int = 256
     truncation: str = "head"       # head_tail keeps the first quarter and the last three quarters (Sun et al.)

@@ -43,14 +43,14 @@ def load_tokenizer(name: str):
 
 
 def attention_kernel(setting: str, device_type: str) -> str | None:
-    """The attn_implementation for transformers: `auto` is eager on CPU, and elsewhere None (transformers' own
-    default: SDPA where the architecture has it, whose fused CUDA kernels are the fast path there).
+    """The attn_implementation for transformers: `auto` is None, transformers' own default (SDPA where the
+    architecture has it); `eager` or `sdpa` force one.
 
-    On CPU, bench/levers.py measured MiniLM training 1.25-1.33x faster with eager attention than with SDPA at 32,
-    64 and 128 tokens (bf16, 2 threads) and equal at 256."""
-    if setting != "auto":
-        return setting
-    return "eager" if device_type == "cpu" else None
+    Why not eager on CPU: bench/levers.py measured MiniLM training 1.25-1.37x faster with eager attention than SDPA
+    at 32-128 tokens (bf16, 2 threads; equal at 256), but eager keeps the [B, H, T, T] attention probabilities for
+    backward: +100 MB at 64 tokens, +260 MB at 128, above HF Trainer's peak memory (a bench target). Eager is the
+    opt-in speed lever for CPU runs with memory to spare. `device_type` is there for a device-specific choice."""
+    return None if setting == "auto" else setting
 
 
 def load_encoder(name: str, attention_dropout: float | None = None, attention: str | None = None) -> nn.Module:
