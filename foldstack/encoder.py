@@ -42,14 +42,14 @@ def load_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(resolve_backbone(name))
 
 
-def attention_kernel(setting: str, device_type: str) -> str | None:
+def attention_kernel(setting: str) -> str | None:
     """The attn_implementation for transformers: `auto` is None, transformers' own default (SDPA where the
     architecture has it); `eager` or `sdpa` force one.
 
     Why not eager on CPU: bench/levers.py measured MiniLM training 1.25-1.37x faster with eager attention than SDPA
     at 32-128 tokens (bf16, 2 threads; equal at 256), but eager keeps the [B, H, T, T] attention probabilities for
     backward: +100 MB at 64 tokens, +260 MB at 128, above HF Trainer's peak memory (a bench target). Eager is the
-    opt-in speed lever for CPU runs with memory to spare. `device_type` is there for a device-specific choice."""
+    opt-in speed lever for CPU runs with memory to spare."""
     return None if setting == "auto" else setting
 
 
@@ -149,10 +149,10 @@ class Classifier(nn.Module):
         return masked_mean(self.lstm(hidden, mask), mask)
 
 
-def build_model(cfg, n_out: int, device_type: str = "cpu") -> Classifier:
-    """A fresh classifier: pretrained encoder weights, newly initialised head (seeded by the caller), with the
-    attention kernel cfg.attention picks for the device it will train on."""
-    encoder = load_encoder(cfg.backbone, cfg.attention_dropout, attention_kernel(cfg.attention, device_type))
+def build_model(cfg, n_out: int) -> Classifier:
+    """A fresh classifier: pretrained encoder weights (attention kernel per cfg.attention), newly initialised head
+    (seeded by the caller)."""
+    encoder = load_encoder(cfg.backbone, cfg.attention_dropout, attention_kernel(cfg.attention))
     if cfg.max_len > usable_positions(encoder.config):
         raise ValueError(f"max_len {cfg.max_len} exceeds the {usable_positions(encoder.config)} positions of "
                          f"backbone {cfg.backbone!r}")

@@ -43,7 +43,7 @@ def fit_transformer(cfg, comp, texts: dict, ys: dict, n_classes: int, log_path: 
     ids = {part: encode(tokenizer, texts[part], cfg.max_len, cfg.truncation) for part in texts}
     torch.manual_seed(seed)  # the head's initialisation
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(cfg, n_classes, device.type).to(device)
+    model = build_model(cfg, n_classes).to(device)
     if comp.multilabel:
         init_label_priors(model, ys["train"])
     data = FoldData(ids["train"], ys["train"], ids["val"], ys["val"], ids["test"])
