@@ -25,7 +25,7 @@ import shutil
 import time
 from pathlib import Path
 
-from benchlib import ROOT, cpu_secs, load_texts
+from benchlib import ROOT, load_texts, timed
 from foldstack import augment, backtrans, eda
 from foldstack.io import save_json
 from foldstack.text import lemmatize_texts
@@ -42,32 +42,27 @@ def isolated(fn, *args):
     return result
 
 
+def docs_rates(n: int, workers: int, secs: float, cpu: float, load: float) -> dict:
+    return {"workers": workers, "docs": n, "secs": secs, "docs_per_s": n / secs, "cpu_secs": cpu,
+            "docs_per_cpu_s": n / cpu, "load_avg": load}
+
+
 def time_eda(ids, texts, cfg, workers: int) -> dict:
-    load_before = os.getloadavg()[0]
-    start, cpu = time.perf_counter(), cpu_secs()
-    rows = eda.augment_texts(ids, texts, cfg, workers)
-    secs, cpu = time.perf_counter() - start, cpu_secs() - cpu
-    return {"workers": workers, "docs": len(texts), "copies": len(rows), "secs": secs, "docs_per_s": len(texts) / secs,
-            "cpu_secs": cpu, "docs_per_cpu_s": len(texts) / cpu, "load_avg": load_before, "rows": rows}
+    rows, secs, cpu, load = timed(eda.augment_texts, ids, texts, cfg, workers)
+    return {**docs_rates(len(texts), workers, secs, cpu, load), "copies": len(rows), "rows": rows}
 
 
 def time_lemmatize(texts, workers: int) -> dict:
     """prep's lemmatizer on the source texts, in a fork of the warmed-up process (WordNet's load is in start-up)."""
-    start, cpu = time.perf_counter(), cpu_secs()
-    lemmatize_texts(texts, workers)
-    secs, cpu = time.perf_counter() - start, cpu_secs() - cpu
-    return {"workers": workers, "docs": len(texts), "secs": secs, "docs_per_s": len(texts) / secs, "cpu_secs": cpu,
-            "docs_per_cpu_s": len(texts) / cpu}
+    _, secs, cpu, load = timed(lemmatize_texts, texts, workers)
+    return docs_rates(len(texts), workers, secs, cpu, load)
 
 
 def time_backtrans(texts, cfg, n: int) -> dict:
     sample = [t for t in texts if t.strip()][:n]
     segments = list(dict.fromkeys(s for t in sample for f in backtrans.plan(t, cfg.max_chars) for p in f for s in p))
     engine = backtrans.Apertium(tuple(cfg.apertium_modes))
-    load_before = os.getloadavg()[0]
-    start, cpu = time.perf_counter(), cpu_secs()
-    out = backtrans.backtranslate_texts(sample, engine, cfg.max_chars)
-    secs, cpu = time.perf_counter() - start, cpu_secs() - cpu
+    out, secs, cpu, load_before = timed(backtrans.backtranslate_texts, sample, engine, cfg.max_chars)
     words = sum(len(s.split()) for s in segments)
     return {"texts": len(sample), "sentences": len(segments), "words": words, "secs": secs,
             "sentences_per_s": len(segments) / secs, "words_per_s": words / secs, "cpu_secs": cpu,

@@ -5,8 +5,8 @@ Reads  a processed train.parquet (default: the demo's data/processed/train.parqu
 Writes bench/results/bench.json (bench-quick.json with --quick); bench/augment_speed.py writes augment.json and
        augment.log beside it (augment-quick.*); prints one report: settings, inference, GEMM peak, augmentation,
        targets
-Run    .venv/bin/python bench/bench.py [--train=...] [--steps=60] [--threads=N] [--reps=2] [--quick]
-       (about 15 minutes on 2 idle cores with the defaults; --quick is a smoke run of about 2 minutes)
+Run    .venv/bin/python bench/bench.py [--train=...] [--steps=50] [--threads=N] [--reps=3] [--quick]
+       (about 13 minutes on 2 cores with the defaults; --quick is a smoke run of about 2 minutes)
 
 Same backbone (the installed MiniLM + foldstack's BiLSTM head, seeded alike), same token ids (tokenized once by
 foldstack at the YAML's max_len, 64 for the demo) and the same first training rows for all three settings:
@@ -60,8 +60,7 @@ def plan(args) -> list[tuple[str, dict]]:
     """(worker, spec) for one repetition. All settings read the same rows; each uses only its first ones."""
     batch = benchlib.model_config(vars(args)).batch_size
     n_train = max((args.warm + args.steps) * batch, (args.warm + args.recipe_steps) * RECIPE_BATCH)
-    base = {"train": args.train, "model": args.model, "max_len": args.max_len, "threads": args.threads,
-            "n_train": n_train, "n_eval": args.eval_rows, "warm": args.warm}
+    base = {**benchlib.base_spec(args), "n_train": n_train, "n_eval": args.eval_rows, "warm": args.warm}
     return [("foldstack", {**base, "steps": args.steps}), ("trainer", {**base, "steps": args.steps}),
             ("recipe", {**base, "steps": args.recipe_steps}),
             ("gemm", {"threads": args.threads, "gemm_n": args.gemm_n, "gemm_reps": args.gemm_reps})]
@@ -83,8 +82,8 @@ def run_quality(args) -> dict[str, dict]:
     early in training to compare quality (warmup, layer-wise lr); the recipe loop is left out (an hour here)."""
     batch = benchlib.model_config(vars(args)).batch_size
     steps = max(2, args.quality_rows // batch)
-    spec = {"train": args.train, "model": args.model, "max_len": args.max_len, "threads": args.threads,
-            "n_train": steps * batch, "n_eval": args.quality_eval, "warm": 1, "steps": steps - 1}
+    spec = {**benchlib.base_spec(args), "n_train": steps * batch, "n_eval": args.quality_eval, "warm": 1,
+            "steps": steps - 1}
     runs = {}
     for worker in ("foldstack", "trainer"):
         benchlib.progress(f"quality: {worker}, one pass over {steps * batch} rows")
@@ -270,16 +269,18 @@ def parse_args(argv=None):
     ap.add_argument("--train", default="data/processed/train.parquet", help="a processed train.parquet")
     ap.add_argument("--model", default=str(benchlib.DEFAULT_MODEL), help="the model YAML (encoder, head, batch)")
     ap.add_argument("--max-len", type=int, default=None, help=f"tokens per row (default: the YAML's; <= {RECIPE_LEN})")
-    ap.add_argument("--steps", type=int, help="timed steps of foldstack and Trainer (default 60; --quick 3)")
-    ap.add_argument("--recipe-steps", type=int, help="timed steps of the recipe loop (default 20; --quick 2)")
-    ap.add_argument("--warm", type=int, help="untimed warm-up steps before them (default 3; --quick 1)")
-    ap.add_argument("--reps", type=int, help="interleaved repetitions (default 2; --quick 1)")
-    ap.add_argument("--eval-rows", type=int, help="held-out rows for quality and inference (default 512)")
+    note = lambda key: benchlib.default_note(DEFAULTS, key)  # noqa: E731
+    ap.add_argument("--steps", type=int, help=f"timed steps of foldstack and Trainer {note('steps')}")
+    ap.add_argument("--recipe-steps", type=int, help=f"timed steps of the recipe loop {note('recipe_steps')}")
+    ap.add_argument("--warm", type=int, help=f"untimed warm-up steps before them {note('warm')}")
+    ap.add_argument("--reps", type=int, help=f"interleaved repetitions {note('reps')}")
+    ap.add_argument("--eval-rows", type=int,
+                    help=f"held-out rows: the timed models' quality and inference {note('eval_rows')}")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
-    ap.add_argument("--quality-rows", type=int, help="rows of the one-pass quality check (default 6000; --quick 96)")
-    ap.add_argument("--quality-eval", type=int, help="its held-out rows (default 1000; --quick 64)")
-    ap.add_argument("--gemm-n", type=int, help="GEMM size (default 4096; --quick 1024)")
-    ap.add_argument("--gemm-reps", type=int, help="GEMM repetitions (default 5)")
+    ap.add_argument("--quality-rows", type=int, help=f"rows of the one-pass quality check {note('quality_rows')}")
+    ap.add_argument("--quality-eval", type=int, help=f"its held-out rows {note('quality_eval')}")
+    ap.add_argument("--gemm-n", type=int, help=f"GEMM size {note('gemm_n')}")
+    ap.add_argument("--gemm-reps", type=int, help=f"GEMM repetitions {note('gemm_reps')}")
     ap.add_argument("--no-augment", action="store_true", help="skip lemmatization / EDA / back-translation")
     ap.add_argument("--quick", action="store_true", help="a smoke run: tiny step counts, one repetition")
     ap.add_argument("--out", help="default bench/results/bench.json (--quick: bench-quick.json)")

@@ -38,6 +38,24 @@ def cpu_secs() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def base_spec(args) -> dict:
+    """What every worker of bench.py and levers.py reads: the rows, the model YAML, its max_len, torch threads."""
+    return {"train": args.train, "model": args.model, "max_len": args.max_len, "threads": args.threads}
+
+
+def default_note(defaults: dict, key: str) -> str:
+    """'(default X; --quick Y)' for a knob's --help, from the same table fill_defaults uses."""
+    full, quick = defaults[key]
+    return f"(default {full}; --quick {quick})"
+
+
+def timed(fn, *args) -> tuple:
+    """fn(*args) -> (its result, wall seconds, CPU seconds of this process and its children, load before)."""
+    load, start, cpu = os.getloadavg()[0], time.perf_counter(), cpu_secs()
+    result = fn(*args)
+    return result, time.perf_counter() - start, cpu_secs() - cpu, load
+
+
 def fill_defaults(args, defaults: dict, stem: str) -> None:
     """Unset knobs take their default, full or --quick ({knob: (full, quick)}); --out defaults to
     bench/results/<stem>.json (<stem>-quick.json with --quick)."""
@@ -165,14 +183,12 @@ def load_rows(spec: dict) -> Rows:
 
 
 def fresh_model(cfg, n_classes: int, attn: str | None = None):
-    """foldstack's encoder + head with the head seeded as train.py seeds it; `attn` overrides the attention kernel."""
+    """foldstack's encoder + head with the head seeded as train.py seeds it; `attn` overrides cfg.attention."""
+    import dataclasses
     import torch
     from foldstack.encoder import build_model
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, n_classes)
-    if attn:
-        model.encoder.set_attn_implementation(attn)
-    return model
+    return build_model(dataclasses.replace(cfg, attention=attn) if attn else cfg, n_classes)
 
 
 # --- timing ----------------------------------------------------------------------------------------------------
@@ -280,9 +296,9 @@ def foldstack_predict(model, rows: Rows, cfg, dtype, n_warm: int = 64) -> tuple[
 
 
 def quality(y: np.ndarray, probs: np.ndarray) -> dict:
-    """Held-out log-loss and accuracy from probabilities [n, C]."""
-    p = np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)
-    return {"val_loss": float(-np.log(p).mean()), "val_acc": float((probs.argmax(1) == y).mean())}
+    """Held-out log-loss and accuracy from probabilities [n, C] (foldstack's metrics)."""
+    from foldstack.metrics import score
+    return {"val_loss": score("log_loss", y, probs, False), "val_acc": score("accuracy", y, probs, False)}
 
 
 # --- FLOPs -----------------------------------------------------------------------------------------------------

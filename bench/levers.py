@@ -72,16 +72,6 @@ def random_batches(lengths, batch_size: int, rng) -> list[np.ndarray]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def pad_to_max_len(seqs, pad_id: int, max_len: int) -> dict:
-    """Every batch padded to max_len (no dynamic padding)."""
-    import torch
-    ids = np.full((len(seqs), max_len), pad_id, dtype=np.int64)
-    mask = np.zeros((len(seqs), max_len), dtype=np.int64)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)], mask[i, :len(s)] = s, 1
-    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
-
-
 def row_order_batches(lengths, batch_size: int) -> list[np.ndarray]:
     return [np.arange(i, min(i + batch_size, len(lengths))) for i in range(0, len(lengths), batch_size)]
 
@@ -110,12 +100,13 @@ def lever_amp_infer(ctx: Ctx) -> dict:
 
 
 def lever_padding(ctx: Ctx) -> dict:
+    from foldstack.batching import pad_batch  # collate(seqs, pad_id, max_len) -> every batch max_len wide
     model = ctx.model()
     train = lambda: ctx.train(model)  # noqa: E731
     return {"length-bucketed, dynamic": train,
             "random batches, dynamic": with_patches(train, ("train_batches", random_batches)),
             "random batches, max_len": with_patches(train, ("train_batches", random_batches),
-                                                    ("collate", pad_to_max_len))}
+                                                    ("collate", pad_batch))}
 
 
 def lever_sorted_infer(ctx: Ctx) -> dict:
@@ -279,10 +270,11 @@ def parse_args(argv=None):
     ap.add_argument("--model", default=str(benchlib.DEFAULT_MODEL), help="the model YAML")
     ap.add_argument("--max-len", type=int, default=None, help="tokens per row (default: the YAML's)")
     ap.add_argument("--only", default=",".join(LEVERS), help=f"comma-separated subset of: {', '.join(LEVERS)}")
-    ap.add_argument("--steps", type=int, help="timed steps per training block (default 20; --quick 2)")
-    ap.add_argument("--warm", type=int, help="untimed steps before them (default 2; --quick 1)")
-    ap.add_argument("--rounds", type=int, help="rounds of alternation (default 3; --quick 1)")
-    ap.add_argument("--eval-rows", type=int, help="rows per inference block (default 512; --quick 64)")
+    note = lambda key: benchlib.default_note(DEFAULTS, key)  # noqa: E731
+    ap.add_argument("--steps", type=int, help=f"timed steps per training block {note('steps')}")
+    ap.add_argument("--warm", type=int, help=f"untimed steps before them {note('warm')}")
+    ap.add_argument("--rounds", type=int, help=f"rounds of alternation {note('rounds')}")
+    ap.add_argument("--eval-rows", type=int, help=f"rows per inference block {note('eval_rows')}")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: tiny blocks, one round")
     ap.add_argument("--out", help="default bench/results/levers.json (--quick: levers-quick.json)")
@@ -298,9 +290,8 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     batch = benchlib.model_config(vars(args)).batch_size
-    spec = {"train": args.train, "model": args.model, "max_len": args.max_len, "threads": args.threads,
-            "n_train": (args.warm + args.steps) * batch, "n_eval": args.eval_rows, "warm": args.warm,
-            "steps": args.steps, "rounds": args.rounds}
+    spec = {**benchlib.base_spec(args), "n_train": (args.warm + args.steps) * batch, "n_eval": args.eval_rows,
+            "warm": args.warm, "steps": args.steps, "rounds": args.rounds}
     start, results = time.perf_counter(), {}
     for key in args.only:
         benchlib.progress(f"[{time.perf_counter() - start:5.0f}s] lever {key}")

@@ -22,6 +22,7 @@ from transformers import (DataCollatorWithPadding, Trainer, TrainerCallback, Tra
 import benchlib
 from benchlib import RECIPE_BATCH, RECIPE_LEN, median
 from foldstack import trainer
+from foldstack.batching import pad_batch
 from foldstack.encoder import load_tokenizer
 
 # The baselines load the encoder as transformers does by default (SDPA attention), as foldstack's `attention: auto`
@@ -114,15 +115,6 @@ def worker_trainer(spec: dict) -> dict:
             "batch_size": rows.cfg.batch_size, "warm": spec["warm"], "trainer_defaults": defaults}
 
 
-def pad_to(seqs: list, pad_id: int, width: int) -> dict:
-    """The recipe's batches: every row padded (or cut) to `width` tokens."""
-    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(seqs), width), dtype=np.int64)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s[:width])], mask[i, :len(s[:width])] = s[:width], 1
-    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
-
-
 def worker_recipe(spec: dict) -> dict:
     rows = benchlib.load_rows(spec)
     cfg, total = rows.cfg, spec["warm"] + spec["steps"]
@@ -134,8 +126,8 @@ def worker_recipe(spec: dict) -> dict:
     model.train()
     for step in range(total):
         idx = order[step * RECIPE_BATCH:(step + 1) * RECIPE_BATCH]
-        seqs = [rows.train_ids[i] for i in idx]
-        loss = torch.nn.functional.cross_entropy(model(**pad_to(seqs, rows.pad_id, RECIPE_LEN)),
+        seqs = [rows.train_ids[i][:RECIPE_LEN] for i in idx]  # the recipe's batches: every row padded (or cut) to 300
+        loss = torch.nn.functional.cross_entropy(model(**pad_batch(seqs, rows.pad_id, RECIPE_LEN)),
                                                  torch.as_tensor(rows.train_y[idx]))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)

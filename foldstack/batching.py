@@ -66,7 +66,11 @@ def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
 def collate(seqs: list[np.ndarray], pad_id: int, max_len: int) -> dict[str, torch.Tensor]:
     """Right-padded input_ids and attention_mask [B, T], T = longest rounded up to a multiple of 8 (<= max_len)."""
     width = max(len(s) for s in seqs)
-    width = min(-(-width // PAD_MULTIPLE) * PAD_MULTIPLE, max(max_len, width))
+    return pad_batch(seqs, pad_id, min(-(-width // PAD_MULTIPLE) * PAD_MULTIPLE, max(max_len, width)))
+
+
+def pad_batch(seqs: list[np.ndarray], pad_id: int, width: int) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask [B, width], right-padded (every row at most `width` tokens)."""
     ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(seqs), width), dtype=np.int64)
     for i, s in enumerate(seqs):
