@@ -9,12 +9,29 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+
+class Loader(yaml.SafeLoader):
+    """YAML with only true / false as booleans (YAML 1.2): YAML 1.1 also reads on / off / yes / no as booleans, so
+    `amp: off` or `--amp=off` would arrive as False and fail the string check."""
+
+
+Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                             list("tTfF"))
+
+
+def read_yaml(text: str):
+    return yaml.load(text, Loader=Loader)
 
 
 class ConfigError(ValueError):
@@ -95,6 +112,8 @@ class Model:
     amp: str = "auto"
     text: str = "raw"              # raw | lemma
     augment: tuple[str, ...] = ()  # augmented sets to train with: features/<name>.parquet (e.g. [eda, backtrans])
+    freeze_layers: int = 0         # embeddings + this many lowest layers frozen; their outputs cached once for all folds
+    seeds: tuple[int, ...] = ()    # several seeds per fold, probabilities averaged (empty: just `seed`)
     eval_batch_size: int = 64
     save_checkpoint: bool = False  # also write the best weights to models/<name>/fold<k>.pt
     seed: int = 42
@@ -110,6 +129,8 @@ class Model:
         for key in ("max_len", "epochs", "batch_size", "grad_accum", "eval_batch_size"):
             if getattr(self, key) < 1:
                 bad.append((key, "must be at least 1"))
+        if self.freeze_layers < 0:
+            bad.append(("freeze_layers", "must be 0 (train every layer) or more"))
         if not 0 < self.layer_decay <= 1:
             bad.append(("layer_decay", "must be in (0, 1]"))
         if not 0 <= self.warmup < 1:
@@ -147,7 +168,7 @@ def parse_overrides(args: list[str]) -> dict:
         if not arg.startswith("--") or "=" not in arg:
             raise ConfigError(f"override {arg!r}: expected --key=value")
         key, value = arg[2:].split("=", 1)
-        out[key.replace("-", "_")] = yaml.safe_load(value)
+        out[key.replace("-", "_")] = read_yaml(value)
     return out
 
 
@@ -155,7 +176,7 @@ def load(cls, path: str | Path, overrides: dict | None = None):
     """Read the YAML at `path` into the frozen dataclass `cls`, applying `overrides`; validate everything."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = read_yaml(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except yaml.YAMLError as err:

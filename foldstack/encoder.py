@@ -7,6 +7,7 @@ layers, Sun et al. 2019).
 """
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -113,12 +114,46 @@ class BiLSTM(nn.Module):
         return torch.cat([ahead, reverse_real_tokens(behind, mask)], dim=-1)
 
 
-class Classifier(nn.Module):
-    """encoder -> head -> logits [B, n_out]. The head runs in fp32 even under autocast (LSTM and pooling)."""
+class Passthrough(nn.Module):
+    """Stands in for the embeddings of the trainable top of a split encoder: its input is already a hidden state
+    (the frozen layers' output), which the encoder's own attention-mask code then treats as the embeddings'."""
 
-    def __init__(self, encoder: nn.Module, head: str, n_out: int, lstm_hidden: int = 256, dropout: float = 0.1):
+    def forward(self, inputs_embeds=None, **_):
+        return inputs_embeds
+
+
+def split_encoder(encoder: nn.Module, n_frozen: int) -> tuple[nn.Module, nn.Module]:
+    """(lower, upper): the embeddings + the lowest `n_frozen` layers, frozen; and the layers above them.
+
+    Both stay ordinary Hugging Face models, so each builds its attention mask its own way (eager or SDPA). The
+    upper's config counts only its layers, which keeps layer-wise LR decay per original depth (optim.encoder_depth:
+    upper layer i is original layer n_frozen + i, and both sit L - 1 - (n_frozen + i) below the top).
+    """
+    layers = encoder.encoder.layer
+    lower = copy.deepcopy(encoder)
+    lower.encoder.layer = nn.ModuleList(list(lower.encoder.layer)[:n_frozen])
+    lower.config.num_hidden_layers = n_frozen
+    lower.requires_grad_(False)
+    lower.eval()
+    encoder.config = copy.deepcopy(encoder.config)
+    encoder.config.num_hidden_layers = len(layers) - n_frozen
+    encoder.encoder.layer = nn.ModuleList(list(layers)[n_frozen:])
+    encoder.embeddings = Passthrough()
+    return lower, encoder
+
+
+class Classifier(nn.Module):
+    """[frozen lower layers ->] encoder -> head -> logits [B, n_out]. The head runs in fp32 even under autocast.
+
+    With a `lower` part (freeze_layers > 0) the model takes either token ids (the whole stack, end to end) or the
+    lower part's output `hidden` [B, T, H] read from the frozen-layer cache (foldstack.hidden_cache): both give the
+    same logits. The lower part never trains and always runs in eval mode (no dropout), as the cache was built.
+    """
+
+    def __init__(self, encoder: nn.Module, head: str, n_out: int, lstm_hidden: int = 256, dropout: float = 0.1,
+                 lower: nn.Module | None = None):
         super().__init__()
-        self.encoder, self.head_kind = encoder, head
+        self.encoder, self.head_kind, self.lower = encoder, head, lower
         hidden = encoder.config.hidden_size
         # last4 concatenates up to four layers' [CLS] (hidden_states also holds the embeddings' output)
         self.n_last = min(4, encoder.config.num_hidden_layers + 1)
@@ -131,10 +166,25 @@ class Classifier(nn.Module):
         """Everything that is not the pretrained encoder: trained with the head learning rate."""
         return [m for m in (self.lstm, self.out) if m is not None]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.lower is not None:
+            self.lower.eval()
+        return self
+
+    def lower_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The frozen lower part's output [B, T, H] (what the cache stores)."""
+        with torch.no_grad():
+            return self.lower(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                hidden: torch.Tensor | None = None) -> torch.Tensor:
         want_all = self.head_kind == "last4"
-        enc = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=want_all)
-        with torch.autocast(device_type=input_ids.device.type, enabled=False):
+        if self.lower is not None and hidden is None:
+            hidden = self.lower_hidden(input_ids, attention_mask)
+        inputs = {"input_ids": input_ids} if hidden is None else {"inputs_embeds": hidden}
+        enc = self.encoder(**inputs, attention_mask=attention_mask, output_hidden_states=want_all)
+        with torch.autocast(device_type=attention_mask.device.type, enabled=False):
             if want_all:
                 pooled = torch.cat([h[:, 0] for h in enc.hidden_states[-self.n_last:]], dim=-1).float()
             else:
@@ -150,10 +200,17 @@ class Classifier(nn.Module):
 
 
 def build_model(cfg, n_out: int) -> Classifier:
-    """A fresh classifier: pretrained encoder weights (attention kernel per cfg.attention), newly initialised head
-    (seeded by the caller)."""
+    """A fresh classifier: pretrained encoder weights (attention kernel per cfg.attention), the embeddings and the
+    lowest cfg.freeze_layers layers frozen, newly initialised head (seeded by the caller)."""
     encoder = load_encoder(cfg.backbone, cfg.attention_dropout, attention_kernel(cfg.attention))
     if cfg.max_len > usable_positions(encoder.config):
         raise ValueError(f"max_len {cfg.max_len} exceeds the {usable_positions(encoder.config)} positions of "
                          f"backbone {cfg.backbone!r}")
-    return Classifier(encoder, cfg.head, n_out, cfg.lstm_hidden, cfg.dropout)
+    n_layers = encoder.config.num_hidden_layers
+    if cfg.freeze_layers > n_layers:
+        raise ValueError(f"freeze_layers {cfg.freeze_layers} exceeds the {n_layers} layers of backbone "
+                         f"{cfg.backbone!r}")
+    lower = None
+    if cfg.freeze_layers:
+        lower, encoder = split_encoder(encoder, cfg.freeze_layers)
+    return Classifier(encoder, cfg.head, n_out, cfg.lstm_hidden, cfg.dropout, lower)

@@ -34,13 +34,18 @@ from .io import InputError, atomic_path, save_json
 from .pseudo import join_targets, read_pseudo, training_rows
 
 
-def fit_transformer(cfg, comp, texts: dict, ys: dict, n_classes: int, log_path: Path, seed: int) -> dict:
-    """Tokenize, build a fresh encoder + head, fine-tune, predict. texts/ys keyed by train / val / test."""
+def fit_transformer(cfg, comp, texts: dict, ys: dict, n_classes: int, log_path: Path, seed: int,
+                    cache=None) -> dict:
+    """Tokenize (or look the texts up in the frozen-layer cache), build a fresh encoder + head, fine-tune, predict.
+    texts/ys keyed by train / val / test."""
     from .batching import encode
     from .encoder import build_model, load_tokenizer
     from .trainer import FoldData, fit, init_label_priors
     tokenizer = load_tokenizer(cfg.backbone)  # one tokenizer for train, validation and test
-    ids = {part: encode(tokenizer, texts[part], cfg.max_len, cfg.truncation) for part in texts}
+    if cache is None:
+        ids = {part: encode(tokenizer, texts[part], cfg.max_len, cfg.truncation) for part in texts}
+    else:
+        ids = {part: cache.rows(texts[part]) for part in texts}
     torch.manual_seed(seed)  # the head's initialisation
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(cfg, n_classes).to(device)
@@ -50,7 +55,7 @@ def fit_transformer(cfg, comp, texts: dict, ys: dict, n_classes: int, log_path: 
     return fit(model, data, cfg, comp.metric, comp.multilabel, tokenizer.pad_token_id, log_path, seed)
 
 
-def fit_classical(cfg, comp, texts: dict, ys: dict, n_classes: int, log_path: Path, seed: int) -> dict:
+def fit_classical(cfg, comp, texts: dict, ys: dict, n_classes: int, log_path: Path, seed: int, cache=None) -> dict:
     from .classical import fit_predict
     return fit_predict(cfg, comp, texts, ys, n_classes, log_path, seed)
 
@@ -68,7 +73,7 @@ def extra_rows(extra: pd.DataFrame | None, train: pd.DataFrame, fold_of: np.ndar
 
 def run_fold(cfg, comp, train: pd.DataFrame, test: pd.DataFrame, fold_of: np.ndarray, fold: int,
              n_classes: int, log_path: Path, extra: pd.DataFrame | None = None,
-             pseudo: pd.DataFrame | None = None) -> tuple[np.ndarray, dict]:
+             pseudo: pd.DataFrame | None = None, cache=None) -> tuple[np.ndarray, dict]:
     """Split, fit and predict one fold; returns the validation row positions and the fit's result.
 
     `extra` holds training-only rows (augmented copies: src_id + text columns); each takes its source's label.
@@ -89,7 +94,22 @@ def run_fold(cfg, comp, train: pd.DataFrame, test: pd.DataFrame, fold_of: np.nda
     texts = {"train": train_texts, "val": train[column].iloc[val].tolist(), "test": test[column].tolist()}
     ys = {"train": train_y, "val": y[val]}
     fit_fn = fit_transformer if cfg.kind == "transformer" else fit_classical
-    return val, fit_fn(cfg, comp, texts, ys, n_classes, log_path, cfg.seed + fold)
+    seeds = [s + fold for s in cfg.seeds] or [cfg.seed + fold]
+    runs = [fit_fn(cfg, comp, texts, ys, n_classes, log_path.with_suffix(f".s{i}.log") if i else log_path, s,
+                   cache) for i, s in enumerate(seeds)]
+    return val, average_seeds(runs, comp, ys["val"])
+
+
+def average_seeds(runs: list[dict], comp, val_y: np.ndarray) -> dict:
+    """One fit's result, or several seeds' probabilities averaged (scored again); per-seed scores are kept."""
+    if len(runs) == 1:
+        return runs[0]
+    from . import metrics
+    val = np.mean([r["val"] for r in runs], axis=0)
+    return {**runs[0], "val": val, "test": np.mean([r["test"] for r in runs], axis=0),
+            "score": metrics.score(comp.metric, val_y, val, comp.multilabel),
+            "seed_scores": [r["score"] for r in runs], "weights": [r.get("weights") for r in runs],
+            "history": [r["history"] for r in runs]}
 
 
 def read_extra(names: tuple[str, ...], features: Path) -> pd.DataFrame | None:
@@ -97,6 +117,30 @@ def read_extra(names: tuple[str, ...], features: Path) -> pd.DataFrame | None:
     if not names:
         return None
     return pd.concat([pd.read_parquet(features / f"{name}.parquet") for name in names], ignore_index=True)
+
+
+def open_cache(cfg, train: pd.DataFrame, test: pd.DataFrame, extra: pd.DataFrame | None, root: Path,
+               n_classes: int):
+    """The frozen-layer cache over every text this model can meet (None unless it freezes layers)."""
+    if cfg.kind != "transformer" or not cfg.freeze_layers:
+        return None
+    from .hidden_cache import open_or_build, unique_texts
+    column = "text_lemma" if cfg.text == "lemma" else "text"
+    texts = unique_texts(train[column], test[column], [] if extra is None else extra[column])
+    t0 = time.perf_counter()
+    cache = open_or_build(cfg, texts, root, n_classes)
+    print(f"  frozen-layer cache {cache.path.name}: {cache.meta['bytes'] / 2**20:.0f} MiB, built in "
+          f"{cache.meta['build_secs']:.0f}s, opened in {time.perf_counter() - t0:.1f}s")
+    return cache
+
+
+def save_weights(weights, folder: Path, fold: int) -> None:
+    """models/<m>/fold<k>.pt, or fold<k>.s<i>.pt per seed when the model averages seeds."""
+    named = {f"fold{fold}.pt": weights} if isinstance(weights, dict) else \
+        {f"fold{fold}.s{i}.pt": w for i, w in enumerate(weights)}
+    for filename, w in named.items():
+        with atomic_path(folder / filename) as tmp:
+            torch.save(w, tmp)
 
 
 def main(argv=None) -> None:
@@ -110,6 +154,8 @@ def main(argv=None) -> None:
     ap.add_argument("--features", default="features", help="where augmented sets <name>.parquet live")
     ap.add_argument("--pseudo", default=None, help="features/pseudo_r<r>.parquet: extra training rows per fold")
     ap.add_argument("--checkpoint-dir", default=None, help="default: models/<name>")
+    ap.add_argument("--cache-dir", default="features/cache",
+                    help="frozen-layer caches (models with freeze_layers > 0), one directory per key")
     args, overrides = ap.parse_known_args(argv)
     try:
         cfg = config.load(config.Model, args.model, config.parse_overrides(overrides))
@@ -134,13 +180,12 @@ def main(argv=None) -> None:
     print(f"train {name} fold {args.fold}: {(fold_of != args.fold).sum()} train / {(fold_of == args.fold).sum()} "
           f"val rows, {len(test)} test rows" + (f", {n_pseudo} pseudo rows" if pseudo is not None else ""))
     start = time.perf_counter()
+    cache = open_cache(cfg, train, test, extra, Path(args.cache_dir), len(classes))
     val_idx, res = run_fold(cfg, comp, train, test, fold_of, args.fold, len(classes), out / f"fold{args.fold}.log",
-                            extra, pseudo)
+                            extra, pseudo, cache)
     weights = res.pop("weights", None)
     if cfg.save_checkpoint and weights is not None:
-        ckpt = Path(args.checkpoint_dir or Path("models") / name) / f"fold{args.fold}.pt"
-        with atomic_path(ckpt) as tmp:
-            torch.save(weights, tmp)
+        save_weights(weights, Path(args.checkpoint_dir or Path("models") / name), args.fold)
     summary = {k: v for k, v in res.items() if k not in ("val", "test")}
     summary.update(model=name, fold=args.fold, metric=comp.metric, config_hash=config.config_hash(cfg),
                    version=__version__, secs=time.perf_counter() - start, threads=torch.get_num_threads(),

@@ -87,3 +87,11 @@ def test_competition_lists_and_checks(tmp_path):
     path.write_text("task: regression\n")
     with pytest.raises(config.ConfigError, match="key 'task' must be one of"):
         config.load(config.Competition, path)
+
+
+def test_off_and_on_stay_strings_in_yaml_and_overrides(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("amp: off\nsave_checkpoint: true\n")
+    cfg = config.load(config.Model, path, config.parse_overrides(["--attention=eager"]))
+    assert cfg.amp == "off" and cfg.save_checkpoint is True
+    assert config.load(config.Model, path, config.parse_overrides(["--amp=off"])).amp == "off"

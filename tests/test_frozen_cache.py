@@ -1,0 +1,144 @@
+"""freeze_layers and the frozen-layer cache: what is frozen never trains, the cache is keyed by everything it depends
+on, and training from the cache is training the same frozen model end to end."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from foldstack import trainer
+from foldstack.batching import collate, encode
+from foldstack.encoder import build_model, load_tokenizer
+from foldstack.hidden_cache import open_or_build, unique_texts
+from foldstack.optim import param_groups
+from tests.conftest import corpus
+from tests.test_model_and_training import cfg_for
+
+
+def test_frozen_parameters_get_no_gradient_and_no_group(tiny_backbone):
+    model = build_model(cfg_for(tiny_backbone, freeze_layers=1), n_out=3)
+    groups = param_groups(model, lr=1e-3, layer_decay=0.5, head_lr=1e-2, weight_decay=0.01)
+    grouped = {id(p) for g in groups for p in g["params"]}
+    frozen = list(model.lower.parameters())
+    assert frozen and not any(p.requires_grad for p in frozen)
+    assert not grouped & {id(p) for p in frozen}, "a frozen parameter is in an optimizer group"
+    assert grouped == {id(p) for p in model.parameters() if p.requires_grad}
+    # the remaining top layer keeps its original depth: layer 1 of 2 is the top (depth 0, lr 1e-3)
+    assert {g["name"] for g in groups if g["name"].startswith("encoder")} == {"encoder_depth0", "encoder_depth0_nodecay"}
+    tok = load_tokenizer(str(tiny_backbone))
+    batch = collate(encode(tok, corpus(4)[0], 32, "head"), tok.pad_token_id, 32)
+    model.train()
+    model(**batch).sum().backward()
+    assert all(p.grad is None for p in frozen)
+    assert not model.lower.training, "the frozen part must run without dropout, as the cache was built"
+
+
+def test_frozen_model_equals_the_unfrozen_model_with_the_same_weights(tiny_bert):
+    cfg = cfg_for(tiny_bert, head="mean")
+    torch.manual_seed(0)
+    full = build_model(cfg, 3).eval()
+    frozen = build_model(replace(cfg, freeze_layers=1), 3).eval()
+    frozen.out.load_state_dict(full.out.state_dict())
+    tok = load_tokenizer(str(tiny_bert))
+    batch = collate(encode(tok, corpus(6)[0], 32, "head"), tok.pad_token_id, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(**batch), full(**batch), atol=1e-5, rtol=1e-5)
+        hidden = frozen.lower_hidden(**batch)
+        torch.testing.assert_close(frozen(hidden=hidden, attention_mask=batch["attention_mask"]), full(**batch),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_freeze_layers_beyond_the_backbone_is_refused(tiny_bert):
+    with pytest.raises(ValueError, match="freeze_layers 3 exceeds the 2 layers"):
+        build_model(cfg_for(tiny_bert, freeze_layers=3), 3)
+
+
+def test_a_fold_trained_from_the_cache_equals_the_frozen_model_end_to_end(tiny_backbone, tmp_path):
+    cfg = cfg_for(tiny_backbone, freeze_layers=1, epochs=2, dropout=0.0)
+    texts, y = corpus(64, seed=5)
+    tok = load_tokenizer(str(tiny_backbone))
+    cache = open_or_build(cfg, unique_texts(texts), tmp_path / "cache", 3)
+    parts = {"train": slice(0, 40), "val": slice(40, 56), "test": slice(56, 64)}
+    results = []
+    for rows_of in (lambda t: encode(tok, t, cfg.max_len, cfg.truncation), cache.rows):
+        rows = {p: rows_of(texts[s]) for p, s in parts.items()}
+        data = trainer.FoldData(rows["train"], y[parts["train"]], rows["val"], y[parts["val"]], rows["test"])
+        torch.manual_seed(7)
+        model = build_model(cfg, 3)
+        results.append(trainer.fit(model, data, cfg, "accuracy", False, tok.pad_token_id, tmp_path / "f.log", 7))
+    end_to_end, cached = results
+    # the cache stores float16: predictions agree to about 1e-3
+    np.testing.assert_allclose(cached["val"], end_to_end["val"], atol=5e-3)
+    np.testing.assert_allclose(cached["test"], end_to_end["test"], atol=5e-3)
+
+
+def test_every_change_of_key_builds_a_new_cache_and_an_equal_key_reuses_it(tiny_bert, tmp_path):
+    texts = unique_texts(corpus(20, seed=2)[0])
+    cfg = cfg_for(tiny_bert, freeze_layers=1)
+    first = open_or_build(cfg, texts, tmp_path, 3)
+    stamp = (first.path / "hidden.npy").stat().st_mtime_ns
+    assert open_or_build(cfg, texts, tmp_path, 3).path == first.path
+    assert (first.path / "hidden.npy").stat().st_mtime_ns == stamp, "an equal key recomputed"
+    changes = [dict(max_len=16), dict(truncation="tail"), dict(text="lemma"), dict(freeze_layers=2),
+               dict(attention="eager")]
+    paths = {first.path} | {open_or_build(replace(cfg, **c), texts, tmp_path, 3).path for c in changes}
+    paths.add(open_or_build(cfg, texts[:-1] + [texts[-1] + " again"], tmp_path, 3).path)
+    assert len(paths) == len(changes) + 2, "two different keys share a cache"
+
+
+def test_a_changed_backbone_directory_is_a_new_key(tmp_path):
+    from tests.conftest import make_tiny_bert
+    backbone = make_tiny_bert(tmp_path / "bb")
+    texts = unique_texts(corpus(10, seed=2)[0])
+    cfg = cfg_for(backbone, freeze_layers=1)
+    before = open_or_build(cfg, texts, tmp_path / "cache", 3).path
+    from transformers import BertModel
+    model = BertModel.from_pretrained(backbone)
+    with torch.no_grad():
+        model.embeddings.word_embeddings.weight.add_(0.1)  # as `make pretrain` would change the weights
+    model.save_pretrained(backbone)
+    after = open_or_build(cfg, texts, tmp_path / "cache", 3)
+    assert after.path != before
+    assert not np.array_equal(np.asarray(after.hidden), np.load(before / "hidden.npy"))
+
+
+def test_cache_rows_batch_like_collate(tiny_bert, tmp_path):
+    texts = unique_texts(corpus(12, seed=4)[0])
+    cfg = cfg_for(tiny_bert, freeze_layers=2)
+    cache = open_or_build(cfg, texts, tmp_path, 3)
+    tok = load_tokenizer(str(tiny_bert))
+    seqs = encode(tok, texts, cfg.max_len, cfg.truncation)
+    rows = cache.rows(texts[::-1])
+    assert list(rows.lengths) == [len(s) for s in seqs[::-1]]
+    assert isinstance(cache.hidden, np.memmap), "the cache must be read memory-mapped"
+    batch = rows.batch(np.array([0, 3]))
+    ref = collate([seqs[::-1][0], seqs[::-1][3]], tok.pad_token_id, cfg.max_len)
+    assert torch.equal(batch["attention_mask"], ref["attention_mask"])
+
+
+def test_seeds_are_averaged_inside_the_fold(tiny_bert, tmp_path, monkeypatch):
+    from foldstack import config, train
+    seen = []
+
+    def fake_fit(cfg, comp, texts, ys, n_classes, log_path, seed, cache=None):
+        seen.append(seed)
+        p = np.full((len(texts["val"]), n_classes), 1.0 / n_classes, dtype=np.float32)
+        p[:, seed % n_classes] += 1
+        return {"val": p / p.sum(1, keepdims=True), "test": np.zeros((len(texts["test"]), n_classes)),
+                "score": 0.0, "history": []}
+    monkeypatch.setattr(train, "fit_transformer", fake_fit)
+    import pandas as pd
+    texts, y = corpus(30)
+    df = pd.DataFrame({"id": [str(i) for i in range(30)], "text": texts, "text_lemma": texts, "label": y})
+    fold_of = np.arange(30) % 3
+    cfg = config.Model(seeds=(10, 11, 12))
+    _, res = train.run_fold(cfg, config.Competition(), df, df.head(5), fold_of, 1, 3, tmp_path / "f.log")
+    assert seen == [11, 12, 13], "each seed offset by the fold, as a single seed is"
+    np.testing.assert_allclose(res["val"].sum(1), 1.0, rtol=1e-6)
+    assert len(res["seed_scores"]) == 3 and np.allclose(res["val"], res["val"][0])
+
+
+def test_bf16_autocast_only_where_the_cpu_has_native_bf16():
+    assert trainer.cpu_has_bf16("processor: 0\nflags : fpu sse avx2 avx512f avx512_bf16\n")
+    assert trainer.cpu_has_bf16("flags : fpu amx_bf16 amx_tile\n")
+    assert not trainer.cpu_has_bf16("flags : fpu sse avx2 avx512f avx512_vnni\n"), "emulated bf16 is slower"
