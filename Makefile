@@ -74,6 +74,17 @@ data/raw/train.csv: | $(SETUP)
 prep: $(PROCESSED)  ## lemmatize + encode labels -> data/processed/
 $(PROCESSED): $(COMP) $(RAW) | $(SETUP)
 	$(PY) -m foldstack.prep --competition=$(COMP) --out-dir=data/processed
+	@# the token-length distribution and the max_len / truncation it recommends (not a prerequisite of anything)
+	-@$(PY) -m foldstack.lengths --train=$@ --out=data/processed/lengths.json --n-folds=$(N_FOLDS)
+
+# Within-task masked-LM pretraining: models/pretrain/<name>.yaml -> the backbone directory models/pretrain/<name>/
+# (done.json last); a model YAML names it as `backbone: models/pretrain/<name>` and its folds then depend on it.
+.PHONY: pretrain
+PRETRAINS := $(basename $(notdir $(wildcard models/pretrain/*.yaml)))
+pretrain: $(PRETRAINS:%=models/pretrain/%/done.json)  ## masked-LM pretraining on train + test texts -> models/pretrain/<name>/
+models/pretrain/%/done.json: models/pretrain/%.yaml $(PROCESSED)
+	$(PY) -m foldstack.pretrain --config=$< --train=$(PROCESSED) --test=data/processed/test.parquet \
+	  --out-dir=models/pretrain/$*
 
 folds/folds.csv: $(PROCESSED) $(COMP)
 	$(PY) -m foldstack.folds --competition=$(COMP) --train=$< --out=$@
@@ -84,9 +95,10 @@ folds/folds.csv: $(PROCESSED) $(COMP)
 AUGMENT_CFG := $(or $(wildcard features/augment.yaml),$(ROOT)/features/augment.yaml)
 AUGMENT_SETS := eda backtrans
 APT_APERTIUM := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends apertium apertium-eng-spa
-$(foreach m,$(MODELS),$(eval AUGMENT_$(m) := $(if $(wildcard $(PY)),\
-  $(shell $(PY) -m foldstack.config --augment-sets models/$(m).yaml 2>/dev/null))))
-USED_AUGMENT := $(filter $(AUGMENT_SETS),$(sort $(foreach m,$(MODELS),$(AUGMENT_$(m)))))
+# DEPS_<m>: the files model m's folds need beyond its YAML (augmented sets, a `make pretrain` backbone).
+$(foreach m,$(MODELS),$(eval DEPS_$(m) := $(if $(wildcard $(PY)),\
+  $(shell $(PY) -m foldstack.config --deps models/$(m).yaml 2>/dev/null))))
+USED_AUGMENT := $(filter $(AUGMENT_SETS),$(patsubst features/%.parquet,%,$(sort $(foreach m,$(MODELS),$(DEPS_$(m))))))
 
 augment: $(patsubst %,features/%.parquet,$(or $(USED_AUGMENT),$(AUGMENT_SETS)))  ## EDA / back-translated rows -> features/
 $(AUGMENT_SETS:%=features/%.parquet): features/%.parquet: $(PROCESSED) $(AUGMENT_CFG) | $(SETUP)
@@ -96,9 +108,9 @@ $(AUGMENT_SETS:%=features/%.parquet): features/%.parquet: $(PROCESSED) $(AUGMENT
 pseudo_args = $(if $(call pseudo_file,$(2)),--pseudo=$(call pseudo_file,$(2)) --checkpoint-dir=models/$(1)/r$(2))
 define MODEL_RULES
 $(call mdir,$(1),$(2))/fold%.npz: models/$(1).yaml folds/folds.csv $(PROCESSED) \
-  $(AUGMENT_$(1):%=features/%.parquet) $(call pseudo_file,$(2))
+  $(DEPS_$(1)) $(call pseudo_file,$(2))
 	$(PY) -m foldstack.train --model=models/$(1).yaml --fold=$$* --out-dir=$(call mdir,$(1),$(2)) \
-	  --competition=$(COMP) $(call pseudo_args,$(1),$(2))
+	  --competition=$(COMP) --cache-dir=features/cache $(call pseudo_args,$(1),$(2))
 $(call mdir,$(1),$(2))/manifest.json: $(FOLD_IDS:%=$(call mdir,$(1),$(2))/fold%.npz)
 	$(PY) -m foldstack.gather --model-dir=$(call mdir,$(1),$(2)) --n-folds=$(N_FOLDS)
 endef
@@ -176,4 +188,4 @@ bench: $(PROCESSED) | $(SETUP)  ## foldstack vs HF Trainer vs the recipe's loop,
 clean:  ## remove generated artefacts (keeps data/raw, configs and .venv)
 	rm -rf data/processed folds/*/ folds/folds.csv features/*.parquet ensemble/*/ ensemble/leaderboard.json \
 	  submissions/*.csv submissions/r*/
-	rm -rf $(addprefix models/,$(MODELS))
+	rm -rf $(addprefix models/,$(MODELS)) features/cache $(PRETRAINS:%=models/pretrain/%)

@@ -1,4 +1,11 @@
-"""Classical base models: TF-IDF word + character n-grams -> LogisticRegression, or (+ TruncatedSVD) -> LightGBM.
+"""Classical base models: cheap members whose errors differ from the transformer's.
+
+  tfidf_lr    TF-IDF word + character n-grams -> LogisticRegression
+  tfidf_lgbm  TF-IDF (+ TruncatedSVD) -> LightGBM
+  tfidf_svm   TF-IDF -> LinearSVC, probabilities by sigmoid calibration on an inner CV of the fold's training rows
+  nbsvm       TF-IDF scaled by per-class naive-Bayes log-count ratios -> LogisticRegression (Wang & Manning 2012)
+  embed_lr    frozen sentence embeddings of an encoder (mean-pooled, computed once per text and cached) ->
+              LogisticRegression
 
 Called by the train stage (`foldstack.train`, `kind: tfidf_lr | tfidf_lgbm`) for one fold, so they meet the same OOF
 contract as the transformers: fitted on the fold's training rows only, predicting its validation rows and the test
@@ -95,7 +102,69 @@ class TfidfLGBM(Tfidf):
         return bad
 
 
-PARAMS = {"tfidf_lr": TfidfLR, "tfidf_lgbm": TfidfLGBM}
+@dataclass(frozen=True)
+class TfidfSVM(Tfidf):
+    """kind: tfidf_svm. LinearSVC has no probabilities: CalibratedClassifierCV fits it on `calibration_folds`
+    splits of the fold's training rows and maps its margins to probabilities on the held-out split (sigmoid)."""
+    C: float = 0.5                 # inverse L2 strength (hinge loss: smaller than LogisticRegression's)
+    class_weight: str | None = None  # null | balanced
+    calibration_folds: int = 3
+    calibration: str = "sigmoid"   # sigmoid (Platt) | isotonic (needs many rows per class)
+    max_iter: int = 2000
+
+    def check(self) -> list[tuple[str, str]]:
+        bad = super().check()
+        if self.C <= 0:
+            bad.append(("C", "must be > 0"))
+        if self.calibration_folds < 2:
+            bad.append(("calibration_folds", "must be at least 2"))
+        if self.calibration not in ("sigmoid", "isotonic"):
+            bad.append(("calibration", "must be sigmoid or isotonic"))
+        if self.class_weight not in (None, "balanced"):
+            bad.append(("class_weight", "must be null or balanced"))
+        return bad
+
+
+@dataclass(frozen=True)
+class NBSVM(Tfidf):
+    """kind: nbsvm. Per class c: r = log((alpha + sum of c's rows) / |.|_1) - log((alpha + sum of the others) /
+    |.|_1) over the features; a binary LogisticRegression on X * r; multi-class probabilities renormalised."""
+    char_ngrams: tuple[int, ...] | None = None
+    word_ngrams: tuple[int, ...] = (1, 3)
+    alpha: float = 1.0             # smoothing of the feature counts
+    C: float = 4.0
+    max_iter: int = 300
+    n_jobs: int = 2                # classes fitted in parallel
+
+    def check(self) -> list[tuple[str, str]]:
+        bad = super().check()
+        if self.alpha <= 0 or self.C <= 0:
+            bad.append(("alpha", "alpha and C must be > 0"))
+        return bad
+
+
+@dataclass(frozen=True)
+class EmbedLR:
+    """kind: embed_lr. The encoder is not fine-tuned: each text's mean-pooled last hidden state is computed once
+    (features/cache, shared by every fold) and a LogisticRegression is fitted per fold."""
+    backbone: str = "minilm"       # minilm (installed), a local directory (e.g. a `make pretrain` output) or Hub id
+    max_len: int = 256
+    truncation: str = "head_tail"
+    normalize: bool = True         # unit-length embeddings (sentence-transformers models are trained that way)
+    C: float = 10.0
+    max_iter: int = 1000
+    batch_size: int = 64
+
+    def check(self) -> list[tuple[str, str]]:
+        bad = []
+        if self.truncation not in ("head", "tail", "head_tail"):
+            bad.append(("truncation", "must be head, tail or head_tail"))
+        if self.max_len < 8 or self.C <= 0:
+            bad.append(("max_len", "max_len must be >= 8 and C > 0"))
+        return bad
+
+
+PARAMS = {"tfidf_lr": TfidfLR, "tfidf_lgbm": TfidfLGBM, "tfidf_svm": TfidfSVM, "nbsvm": NBSVM, "embed_lr": EmbedLR}
 
 
 def parse_params(cfg, where: str = "models/<name>.yaml"):
@@ -208,6 +277,78 @@ def fit_lgbm(p: TfidfLGBM, X: dict, y: np.ndarray, y_val: np.ndarray, n_classes:
     return probs, {"rounds": rounds}
 
 
+def _calibrated_svc(p: TfidfSVM, X_train, y: np.ndarray, seed: int):
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.svm import LinearSVC
+    svc = LinearSVC(C=p.C, class_weight=p.class_weight, max_iter=p.max_iter, random_state=seed)
+    folds = int(min(p.calibration_folds, np.unique(y, return_counts=True)[1].min()))
+    return CalibratedClassifierCV(svc, method=p.calibration, cv=folds).fit(X_train, y)
+
+
+def fit_svm(p: TfidfSVM, X: dict, y: np.ndarray, n_classes: int, multilabel: bool, seed: int) -> tuple[dict, dict]:
+    """Calibrated one-vs-rest LinearSVC; multi-label: one per label, and a label with fewer positives (or
+    negatives) than 2 in the fold's training rows predicts its training rate."""
+    if not multilabel:
+        model = _calibrated_svc(p, X["train"], y, seed)
+        return {part: full_columns(model.predict_proba(X[part]), model.classes_, n_classes)
+                for part in ("val", "test")}, {}
+    probs = {part: np.zeros((X[part].shape[0], y.shape[1]), dtype=np.float32) for part in ("val", "test")}
+    for j in range(y.shape[1]):
+        pos = y[:, j].sum()
+        if min(pos, len(y) - pos) < 2:
+            for part in probs:
+                probs[part][:, j] = y[:, j].mean()
+            continue
+        model = _calibrated_svc(p, X["train"], y[:, j].astype(np.int64), seed)
+        for part in probs:
+            probs[part][:, j] = model.predict_proba(X[part])[:, 1]
+    return probs, {}
+
+
+def nb_ratio(X, y01: np.ndarray, alpha: float) -> np.ndarray:
+    """Naive-Bayes log-count ratio per feature [n_features] for one binary target."""
+    pos = alpha + np.asarray(X[y01 == 1].sum(0)).ravel()
+    neg = alpha + np.asarray(X[y01 == 0].sum(0)).ravel()
+    return (np.log(pos / pos.sum()) - np.log(neg / neg.sum())).astype(np.float32)
+
+
+def _nb_one(p: NBSVM, X: dict, y01: np.ndarray, seed: int) -> dict:
+    """One binary NB-weighted LogisticRegression -> P(positive) for val and test."""
+    from sklearn.linear_model import LogisticRegression
+    if y01.min() == y01.max():  # a label absent (or everywhere) in this fold's training rows
+        return {part: np.full(X[part].shape[0], float(y01[0]), dtype=np.float32) for part in ("val", "test")}
+    r = sp.diags(nb_ratio(X["train"], y01, p.alpha))
+    lr = LogisticRegression(C=p.C, solver="liblinear", dual=True, max_iter=p.max_iter, random_state=seed)
+    lr.fit(X["train"] @ r, y01)
+    return {part: lr.predict_proba(X[part] @ r)[:, 1].astype(np.float32) for part in ("val", "test")}
+
+
+def fit_nbsvm(p: NBSVM, X: dict, y: np.ndarray, n_classes: int, multilabel: bool, seed: int) -> tuple[dict, dict]:
+    """One NB-weighted binary model per class or label; multi-class rows renormalised to sum to 1."""
+    from joblib import Parallel, delayed
+    Y = y if multilabel else np.eye(n_classes, dtype=np.int64)[y]
+    cols = Parallel(n_jobs=p.n_jobs)(delayed(_nb_one)(p, X, Y[:, j].astype(np.int64), seed) for j in range(n_classes))
+    probs = {part: np.stack([c[part] for c in cols], axis=1) for part in ("val", "test")}
+    if not multilabel:
+        probs = {part: q / np.clip(q.sum(1, keepdims=True), 1e-12, None) for part, q in probs.items()}
+    return probs, {}
+
+
+def fit_embed_lr(p: EmbedLR, E: dict, y: np.ndarray, n_classes: int, multilabel: bool, seed: int):
+    """LogisticRegression (multinomial lbfgs; multi-label one-vs-rest) on dense embeddings."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    lr = LogisticRegression(C=p.C, max_iter=p.max_iter, random_state=seed)
+    model = OneVsRestClassifier(lr) if multilabel else lr
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Label .* is present in all training examples")
+        model.fit(E["train"], y)
+    probs = {part: model.predict_proba(E[part]) for part in ("val", "test")}
+    if not multilabel:
+        probs = {part: full_columns(q, model.classes_, n_classes) for part, q in probs.items()}
+    return probs, {}
+
+
 def reduce_svd(X: dict, k: int, seed: int) -> dict:
     """TruncatedSVD fitted on the training rows only -> dense float32 [n, k] per part."""
     from sklearn.decomposition import TruncatedSVD
@@ -217,14 +358,18 @@ def reduce_svd(X: dict, k: int, seed: int) -> dict:
     return {part: m.astype(np.float32) for part, m in out.items()}
 
 
-def fit_predict(cfg, comp, texts: dict, ys: dict, n_classes: int, log_path, seed: int) -> dict:
+def fit_predict(cfg, comp, texts: dict, ys: dict, n_classes: int, log_path, seed: int, cache=None) -> dict:
     """One fold: texts/ys keyed by train / val (/ test) -> {"val", "test", "score", timings, "history"}."""
     p = parse_params(cfg)
     t0 = time.perf_counter()
-    X, n_features = vectorize(p, texts)
+    if cfg.kind == "embed_lr":  # `cache` is the per-text embedding table (hidden_cache.open_pooled)
+        X, n_features = {part: cache.embed(rows) for part, rows in texts.items()}, cache.width
+    else:
+        X, n_features = vectorize(p, texts)
     t1 = time.perf_counter()
-    if cfg.kind == "tfidf_lr":
-        probs, info = fit_lr(p, X, ys["train"], n_classes, comp.multilabel, seed)
+    fits = {"tfidf_lr": fit_lr, "tfidf_svm": fit_svm, "nbsvm": fit_nbsvm, "embed_lr": fit_embed_lr}
+    if cfg.kind in fits:
+        probs, info = fits[cfg.kind](p, X, ys["train"], n_classes, comp.multilabel, seed)
     else:
         if p.svd_components:
             X = reduce_svd(X, p.svd_components, seed)
@@ -236,6 +381,6 @@ def fit_predict(cfg, comp, texts: dict, ys: dict, n_classes: int, log_path, seed
     row = {"n_features": n_features, "vectorize_secs": t1 - t0, "fit_secs": t2 - t1, comp.metric: score, **info}
     with open(log_path, "w") as log:
         log.write(json.dumps(row) + "\n")
-    print(f"  {cfg.kind}: {n_features} n-grams ({t1 - t0:.0f}s), fit + predict {t2 - t1:.0f}s, "
+    print(f"  {cfg.kind}: {n_features} features ({t1 - t0:.0f}s), fit + predict {t2 - t1:.0f}s, "
           f"val {comp.metric} {score:.4f}")
     return {"val": val, "test": test, "score": score, "history": [row], **{k: row[k] for k in row if "secs" in k}}

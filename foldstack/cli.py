@@ -1,7 +1,8 @@
 """`foldstack init DIR`: scaffold a competition workspace whose Makefile includes this project's rules.
 
-Writes DIR/Makefile, DIR/data/competition.yaml (a template to edit), DIR/models/minilm_bilstm.yaml, and the
-empty stage folders. Existing files are never overwritten. Then: put the CSVs in DIR/data/raw/, edit the YAML,
+Writes DIR/Makefile, DIR/data/competition.yaml (a template to edit), the default member set (every
+models/*.yaml of this project: the transformer and the classical members), models/pretrain/minilm_mlm.yaml (used
+only when a model names it as backbone), and the empty stage folders. Existing files are never overwritten. Then: put the CSVs in DIR/data/raw/, edit the YAML,
 and run `make folds submit` inside DIR.
 """
 from __future__ import annotations
@@ -40,9 +41,11 @@ def init(target: Path) -> None:
         (target / folder).mkdir(parents=True, exist_ok=True)
     write_new(target / "Makefile", f"# A foldstack workspace: the rules live in the project.\ninclude {ROOT}/Makefile\n")
     write_new(target / "data" / "competition.yaml", COMPETITION_TEMPLATE)
-    model = target / "models" / "minilm_bilstm.yaml"
-    if not model.exists():
-        shutil.copy(ROOT / "models" / "minilm_bilstm.yaml", model)
+    (target / "models" / "pretrain").mkdir(exist_ok=True)
+    for src in sorted((ROOT / "models").glob("*.yaml")) + sorted((ROOT / "models" / "pretrain").glob("*.yaml")):
+        dest = target / src.relative_to(ROOT)
+        if not dest.exists():
+            shutil.copy(src, dest)
 
 
 def main(argv=None) -> None:
@@ -53,6 +56,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     init(args.dir)
     print(f"workspace {args.dir}: put train/test/sample_submission in data/raw/, edit data/competition.yaml, "
+          f"`make -C {args.dir} prep` (it recommends max_len and truncation for models/minilm_bilstm.yaml), "
           f"then `make -C {args.dir} folds submit`")
 
 

@@ -86,12 +86,13 @@ AMP = ("auto", "bf16", "fp16", "off")
 HEADS = ("bilstm", "cls", "mean", "last4")
 TRUNCATION = ("head", "tail", "head_tail")
 ATTENTION = ("auto", "eager", "sdpa")
+KINDS = ("transformer", "tfidf_lr", "tfidf_lgbm", "tfidf_svm", "nbsvm", "embed_lr")
 
 
 @dataclass(frozen=True)
 class Model:
     """models/<name>.yaml: one base model. Defaults follow the recipe (anchors.md)."""
-    kind: str = "transformer"      # transformer | tfidf_lr | tfidf_lgbm
+    kind: str = "transformer"      # transformer | tfidf_lr | tfidf_lgbm | tfidf_svm | nbsvm | embed_lr
     backbone: str = "minilm"       # Hub id, local directory, or the alias minilm (installed offline)
     head: str = "bilstm"
     lstm_hidden: int = 256         # per direction
@@ -121,7 +122,7 @@ class Model:
 
     def check(self) -> list[tuple[str, str]]:
         bad = []
-        choices = {"kind": ("transformer", "tfidf_lr", "tfidf_lgbm"), "head": HEADS,
+        choices = {"kind": KINDS, "head": HEADS,
                    "truncation": TRUNCATION, "amp": AMP, "attention": ATTENTION, "text": ("raw", "lemma")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -202,9 +203,23 @@ def config_hash(cfg) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+PRETRAIN_DIR = "models/pretrain"
+
+
+def model_deps(cfg: Model) -> list[str]:
+    """Files a model's fold targets depend on besides its YAML: features/<set>.parquet per augmented set, and
+    models/pretrain/<name>/done.json when its backbone (or embed_lr's) is a `make pretrain` output."""
+    deps = [f"features/{name}.parquet" for name in cfg.augment]
+    for backbone in (cfg.backbone, cfg.params.get("backbone")):
+        if isinstance(backbone, str) and Path(backbone).parent.as_posix() == PRETRAIN_DIR:
+            deps.append(f"{PRETRAIN_DIR}/{Path(backbone).name}/done.json")
+    return deps
+
+
 def main(argv=None) -> None:
     """`python -m foldstack.config --make-vars data/competition.yaml` prints "n_folds train test sample" for Make;
-    `python -m foldstack.config --augment-sets models/x.yaml` prints the augmented sets model x trains with;
+    `python -m foldstack.config --deps models/x.yaml` prints the files model x's fold targets depend on beyond
+    its YAML: its augmented sets (features/<set>.parquet) and a `make pretrain` backbone's done.json;
     `python -m foldstack.config FILE [--model]` validates a config and prints it."""
     import argparse
     import sys
@@ -212,14 +227,15 @@ def main(argv=None) -> None:
     ap.add_argument("path")
     ap.add_argument("--make-vars", action="store_true", help="print n_folds and the raw file paths (competition)")
     ap.add_argument("--model", action="store_true", help="the file is a models/<name>.yaml")
-    ap.add_argument("--augment-sets", action="store_true", help="print a model's `augment:` sets (for Make)")
+    ap.add_argument("--deps", action="store_true", help="print a model's augmented sets and pretrained backbone "
+                    "as Make prerequisites")
     args = ap.parse_args(argv)
     try:
-        cfg = load(Model if args.model or args.augment_sets else Competition, args.path)
+        cfg = load(Model if args.model or args.deps else Competition, args.path)
     except ConfigError as err:
         sys.exit(f"error: {err}")
-    if args.augment_sets:
-        print(" ".join(cfg.augment))
+    if args.deps:
+        print(" ".join(model_deps(cfg)))
     elif args.make_vars:
         print(cfg.n_folds, cfg.train, cfg.test, cfg.sample_submission)
     else:

@@ -1,4 +1,5 @@
 """The frozen-layer cache: the frozen lower layers' output for every text, computed once, read by every fold and epoch.
+(And embed_lr's table of pooled sentence embeddings, the same idea at one vector per text: `open_pooled`.)
 
 With `freeze_layers: N` in a model YAML, the embeddings and the lowest N encoder layers never train, so their output
 for a text is the same in every fold and every epoch. The train stage computes it once for every text the model
@@ -158,3 +159,51 @@ def open_or_build(cfg, texts: list[str], root: Path, n_classes: int) -> HiddenCa
                     "text": cfg.text, "freeze_layers": cfg.freeze_layers, "dtype": "float16"}
             build(model, seqs, tokenizer.pad_token_id, cfg, path, meta)
     return HiddenCache(path, texts)
+
+
+class PooledEmbeddings:
+    """embed_lr's table: one mean-pooled embedding per text [n_texts, H], looked up by text."""
+
+    def __init__(self, table: np.ndarray, texts: list[str]):
+        self.table, self.index, self.width = table, {t: i for i, t in enumerate(texts)}, table.shape[1]
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self.table[[self.index[t] for t in texts]], dtype=np.float32)
+
+
+@torch.inference_mode()
+def pool(encoder, seqs: list[np.ndarray], pad_id: int, max_len: int, batch_size: int) -> np.ndarray:
+    """Mean of the last hidden state over real tokens, per text [n, H] (fp32, length-sorted batches)."""
+    from .encoder import masked_mean
+    out = np.zeros((len(seqs), encoder.config.hidden_size), dtype=np.float32)
+    for idx in eval_batches(np.array([len(s) for s in seqs]), batch_size):
+        batch = collate([seqs[i] for i in idx], pad_id, max_len)
+        hidden = encoder(**batch).last_hidden_state
+        out[idx] = masked_mean(hidden, batch["attention_mask"]).numpy()
+    return out
+
+
+def open_pooled(p, texts: list[str], root: Path) -> PooledEmbeddings:
+    """embed_lr's embeddings of `texts` (params `p`: backbone, max_len, truncation, normalize), built once."""
+    from .batching import encode
+    from .encoder import load_encoder, load_tokenizer, resolve_backbone
+    from .io import atomic_path
+    h = hashlib.sha256(json.dumps({"backbone": backbone_digest(resolve_backbone(p.backbone)), "max_len": p.max_len,
+                                   "truncation": p.truncation, "normalize": p.normalize}).encode())
+    for t in texts:
+        h.update(t.encode() + b"\0")
+    path = Path(root) / f"pooled-{p.max_len}-{h.hexdigest()[:16]}.npy"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            t0 = time.perf_counter()
+            tokenizer = load_tokenizer(p.backbone)
+            seqs = encode(tokenizer, texts, p.max_len, p.truncation)
+            table = pool(load_encoder(p.backbone).eval(), seqs, tokenizer.pad_token_id, p.max_len, p.batch_size)
+            if p.normalize:
+                table /= np.clip(np.linalg.norm(table, axis=1, keepdims=True), 1e-12, None)
+            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, table)
+            print(f"  embeddings {path.name}: {len(texts)} texts in {time.perf_counter() - t0:.0f}s")
+    return PooledEmbeddings(np.load(path), texts)

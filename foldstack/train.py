@@ -57,7 +57,7 @@ def fit_transformer(cfg, comp, texts: dict, ys: dict, n_classes: int, log_path: 
 
 def fit_classical(cfg, comp, texts: dict, ys: dict, n_classes: int, log_path: Path, seed: int, cache=None) -> dict:
     from .classical import fit_predict
-    return fit_predict(cfg, comp, texts, ys, n_classes, log_path, seed)
+    return fit_predict(cfg, comp, texts, ys, n_classes, log_path, seed, cache)
 
 
 def extra_rows(extra: pd.DataFrame | None, train: pd.DataFrame, fold_of: np.ndarray, fold: int) -> np.ndarray:
@@ -121,12 +121,16 @@ def read_extra(names: tuple[str, ...], features: Path) -> pd.DataFrame | None:
 
 def open_cache(cfg, train: pd.DataFrame, test: pd.DataFrame, extra: pd.DataFrame | None, root: Path,
                n_classes: int):
-    """The frozen-layer cache over every text this model can meet (None unless it freezes layers)."""
-    if cfg.kind != "transformer" or not cfg.freeze_layers:
-        return None
-    from .hidden_cache import open_or_build, unique_texts
+    """The frozen-layer cache over every text this model can meet (None unless it freezes layers), or embed_lr's
+    table of pooled embeddings."""
+    from .hidden_cache import open_or_build, open_pooled, unique_texts
     column = "text_lemma" if cfg.text == "lemma" else "text"
     texts = unique_texts(train[column], test[column], [] if extra is None else extra[column])
+    if cfg.kind == "embed_lr":
+        from .classical import parse_params
+        return open_pooled(parse_params(cfg), texts, root)
+    if cfg.kind != "transformer" or not cfg.freeze_layers:
+        return None
     t0 = time.perf_counter()
     cache = open_or_build(cfg, texts, root, n_classes)
     print(f"  frozen-layer cache {cache.path.name}: {cache.meta['bytes'] / 2**20:.0f} MiB, built in "

@@ -1,4 +1,5 @@
-"""Classical base models (TF-IDF -> LogisticRegression / LightGBM) on tiny data: the fold contract, multi-label,
+"""Classical base models (TF-IDF -> LogisticRegression / LightGBM / calibrated LinearSVC / NB-SVM, frozen
+embeddings -> LogisticRegression) on tiny data: the fold contract, multi-label,
 and params checking (an unknown key stops training with one line naming the file and the key)."""
 import numpy as np
 import pytest
@@ -9,7 +10,27 @@ from tests.conftest import corpus, write_competition
 
 FAST = {"tfidf_lr": {"n_jobs": 1, "max_features": 5000},
         "tfidf_lgbm": {"n_jobs": 1, "max_features": 2000, "svd_components": 16, "n_estimators": 40,
-                       "min_child_samples": 5}}
+                       "min_child_samples": 5},
+        "tfidf_svm": {"max_features": 5000}, "nbsvm": {"n_jobs": 1, "max_features": 5000},
+        "embed_lr": {"max_len": 32, "C": 100.0}}
+KINDS = list(FAST)
+
+
+@pytest.fixture
+def cache_for(tiny_bert, tmp_path):
+    """fit_predict's `cache` argument: embed_lr's pooled embeddings (of a tiny random BERT), else None."""
+    def make(kind, cfg, texts):
+        if kind != "embed_lr":
+            return None
+        from foldstack.hidden_cache import open_pooled, unique_texts
+        all_texts = unique_texts(*texts.values())
+        return open_pooled(classical.parse_params(cfg), all_texts, tmp_path / "cache")
+    return make
+
+
+def model_cfg(kind, tiny_bert):
+    params = dict(FAST[kind], backbone=str(tiny_bert)) if kind == "embed_lr" else FAST[kind]
+    return config.Model(kind=kind, params=params)
 
 
 def split(n_train=150, n_val=50, n_test=30, seed=2):
@@ -18,35 +39,45 @@ def split(n_train=150, n_val=50, n_test=30, seed=2):
     return parts, y
 
 
-@pytest.mark.parametrize("kind", ["tfidf_lr", "tfidf_lgbm"])
-def test_multiclass_fold_contract(kind, tmp_path):
+@pytest.mark.parametrize("kind", KINDS)
+def test_multiclass_fold_contract(kind, tmp_path, tiny_bert, cache_for):
     texts, y = split()
-    cfg = config.Model(kind=kind, params=FAST[kind])
+    cfg = model_cfg(kind, tiny_bert)
     comp = config.Competition(metric="accuracy")
-    res = classical.fit_predict(cfg, comp, texts, {"train": y[:150], "val": y[150:200]}, 3, tmp_path / "f.log", 0)
+    res = classical.fit_predict(cfg, comp, texts, {"train": y[:150], "val": y[150:200]}, 3, tmp_path / "f.log", 0,
+                                cache_for(kind, cfg, texts))
     assert res["val"].shape == (50, 3) and res["test"].shape == (30, 3)
     assert res["val"].dtype == np.float32 and res["test"].dtype == np.float32
     np.testing.assert_allclose(res["val"].sum(1), 1, atol=1e-4)
-    assert res["score"] > 0.8, "class-dependent words must be learnable"
+    # a random tiny encoder's embeddings carry less of the class words than n-grams do
+    assert res["score"] > (0.6 if kind == "embed_lr" else 0.8), "class-dependent words must be learnable"
     assert res["score"] == pytest.approx((res["val"].argmax(1) == y[150:200]).mean())
     assert "vectorize_secs" in res and (tmp_path / "f.log").read_text().strip()
 
 
-@pytest.mark.parametrize("kind", ["tfidf_lr", "tfidf_lgbm"])
-def test_multilabel_one_vs_rest(kind, tmp_path):
+@pytest.mark.parametrize("kind", KINDS)
+def test_multilabel_one_vs_rest(kind, tmp_path, tiny_bert, cache_for):
     texts, k = split(seed=3)
     y = np.zeros((len(k), 4), dtype=np.float32)
     y[np.arange(len(k)), k] = 1
     y[::3, (k[::3] + 1) % 3] = 1  # a third of the rows carry a second label
     y[:2, 3] = 1                 # label 3: too rare in training for a model of its own
-    cfg = config.Model(kind=kind, params=FAST[kind])
+    cfg = model_cfg(kind, tiny_bert)
     comp = config.Competition(task="multilabel", metric="micro_f1")
-    res = classical.fit_predict(cfg, comp, texts, {"train": y[:150], "val": y[150:200]}, 4, tmp_path / "f.log", 0)
+    res = classical.fit_predict(cfg, comp, texts, {"train": y[:150], "val": y[150:200]}, 4, tmp_path / "f.log", 0,
+                                cache_for(kind, cfg, texts))
     assert res["val"].shape == (50, 4) and res["test"].shape == (30, 4)
     assert ((res["val"] >= 0) & (res["val"] <= 1)).all()
     assert not np.allclose(res["val"].sum(1), 1), "independent per-label probabilities, not a softmax"
     assert res["val"][:, 3].max() < 0.5
-    assert res["score"] > 0.7
+    assert res["score"] > (0.5 if kind == "embed_lr" else 0.7)
+
+
+def test_nb_ratio_favours_the_class_features():
+    import scipy.sparse as sp
+    X = sp.csr_matrix(np.array([[3, 0, 1], [2, 0, 1], [0, 4, 1], [0, 3, 1]], dtype=np.float32))
+    r = classical.nb_ratio(X, np.array([1, 1, 0, 0]), alpha=1.0)
+    assert r[0] > 0 > r[1] and abs(r[2]) < abs(r[0])
 
 
 def test_vectorizers_fit_on_training_texts_only():
@@ -90,7 +121,7 @@ def test_train_stops_on_unknown_params_key_naming_the_file(tmp_path, monkeypatch
     assert "\n" not in str(exc.value.code)
 
 
-@pytest.mark.parametrize("name", ["tfidf_lr", "tfidf_lgbm"])
+@pytest.mark.parametrize("name", ["tfidf_lr", "tfidf_lgbm", "tfidf_svm", "nbsvm", "embed_lr"])
 def test_shipped_model_configs_load(name):
     from tests.conftest import ROOT
     path = ROOT / "models" / f"{name}.yaml"
