@@ -138,13 +138,15 @@ def setting_summary(run_list: list[dict]) -> dict:
 
 
 def hardware(runs: dict) -> dict:
-    """GEMM peaks and foldstack's model FLOP/s as a share of them, per repetition (each with its own GEMM)."""
-    size = runs["foldstack"][0]["size"]
+    """GEMM peaks and foldstack's model FLOP/s as a share of the peak of the precision it trained in (bf16 autocast
+    or fp32), per repetition (each with its own GEMM)."""
+    size, amp = runs["foldstack"][0]["size"], runs["foldstack"][0]["amp"]
     flops = [benchlib.train_flops_per_s(size, r["train"]) for r in runs["foldstack"]]
-    bf16 = [g["bf16"]["peak_flops"] for g in runs["gemm"]]
-    fp32 = [g["fp32"]["peak_flops"] for g in runs["gemm"]]
-    return {"size": size, "train_flops": median(flops), "gemm_bf16": median(bf16), "gemm_fp32": median(fp32),
-            "of_bf16": [a / b for a, b in zip(flops, bf16)], "of_fp32": [a / b for a, b in zip(flops, fp32)],
+    in_use = "bf16" if amp == "bfloat16" else "fp32"
+    peaks = {kind: [g[kind]["peak_flops"] for g in runs["gemm"]] for kind in ("fp32", "bf16") if kind in runs["gemm"][0]}
+    return {"size": size, "train_flops": median(flops), "precision": in_use,
+            "gemm": {kind: median(v) for kind, v in peaks.items()},
+            "of_peak": [a / b for a, b in zip(flops, peaks[in_use])],
             "formula": "6 N T + 12 L d sum(len^2); N = non-embedding params (encoder layers + head), T = real "
                        "tokens/s, L layers, d width; padding not counted"}
 
@@ -211,13 +213,14 @@ def hardware_lines(s: dict) -> str:
     h, a = s["hardware"], s["args"]
     return "\n".join([
         f"hardware: GEMM {a['gemm_n']}x{a['gemm_n']}, best of {a['gemm_reps']}, {s['threads']} threads: "
-        f"fp32 {h['gemm_fp32'] / 1e9:.0f} GFLOP/s, bf16 {h['gemm_bf16'] / 1e9:.0f} GFLOP/s",
-        f"  foldstack training: {h['train_flops'] / 1e9:.1f} model GFLOP/s = {median(h['of_bf16']):.1%} of the bf16 "
-        f"peak ({spread(h['of_bf16'], '{:.1%}')} over reps), {median(h['of_fp32']):.1%} of fp32's",
+        + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in h["gemm"].items())
+        + ("" if "bf16" in h["gemm"] else " (bf16 not measured: this CPU has no native bf16)"),
+        f"  foldstack training ({h['precision']}): {h['train_flops'] / 1e9:.1f} model GFLOP/s = "
+        f"{median(h['of_peak']):.1%} of the {h['precision']} peak ({spread(h['of_peak'], '{:.1%}')} over reps)",
         f"  model FLOPs = {h['formula']}; N = {h['size']['non_embedding_params'] / 1e6:.1f}M, "
         f"L = {h['size']['layers']}, d = {h['size']['hidden']}"]
         + (["  WARNING: above 100% of the peak means the GEMM was starved by other load: rerun on a quieter machine"]
-           if max(h["of_bf16"]) > 1 else []))
+           if max(h["of_peak"]) > 1 else []))
 
 
 def augment_table(aug: dict | None) -> str:
@@ -269,6 +272,8 @@ def parse_args(argv=None):
     ap.add_argument("--train", default="data/processed/train.parquet", help="a processed train.parquet")
     ap.add_argument("--model", default=str(benchlib.DEFAULT_MODEL), help="the model YAML (encoder, head, batch)")
     ap.add_argument("--max-len", type=int, default=None, help=f"tokens per row (default: the YAML's; <= {RECIPE_LEN})")
+    ap.add_argument("--amp", choices=("auto", "bf16", "off"), default=None,
+                    help="foldstack's autocast (default: the YAML's); off shows a CPU without native bf16")
     note = lambda key: benchlib.default_note(DEFAULTS, key)  # noqa: E731
     ap.add_argument("--steps", type=int, help=f"timed steps of foldstack and Trainer {note('steps')}")
     ap.add_argument("--recipe-steps", type=int, help=f"timed steps of the recipe loop {note('recipe_steps')}")

@@ -39,8 +39,9 @@ def cpu_secs() -> float:
 
 
 def base_spec(args) -> dict:
-    """What every worker of bench.py and levers.py reads: the rows, the model YAML, its max_len, torch threads."""
-    return {"train": args.train, "model": args.model, "max_len": args.max_len, "threads": args.threads}
+    """What every worker of bench.py and levers.py reads: the rows, the model YAML, its max_len and amp, threads."""
+    return {"train": args.train, "model": args.model, "max_len": args.max_len, "threads": args.threads,
+            "amp": getattr(args, "amp", None)}
 
 
 def default_note(defaults: dict, key: str) -> str:
@@ -151,9 +152,16 @@ class Rows:
 
 
 def model_config(spec: dict):
-    """The model YAML (the demo's minilm_bilstm by default), with --max-len applied, checked like train's."""
+    """The model YAML (the demo's minilm_bilstm by default), with --max-len and --amp applied, checked like train's.
+
+    freeze_layers is set to 0: the bench compares training loops on the same full model (HF Trainer has no
+    frozen-layer cache); bench/levers.py's freeze lever measures what the cache saves."""
     from foldstack import config
-    overrides = {"max_len": spec["max_len"]} if spec.get("max_len") else {}
+    overrides = {"freeze_layers": 0}
+    if spec.get("max_len"):
+        overrides["max_len"] = spec["max_len"]
+    if spec.get("amp"):
+        overrides["amp"] = spec["amp"]
     return config.load(config.Model, spec.get("model") or DEFAULT_MODEL, overrides)
 
 
