@@ -147,7 +147,7 @@ def open_or_build(cfg, texts: list[str], root: Path, n_classes: int) -> HiddenCa
     backbone = resolve_backbone(cfg.backbone)
     path = Path(root) / cache_key(cfg, backbone, texts)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / ".lock", "w") as lock:
+    with open(path.parent / f".{path.name}.lock", "w") as lock:  # one lock per key: other caches build meanwhile
         fcntl.flock(lock, fcntl.LOCK_EX)  # a parallel fold waits here, then finds the cache built
         if not (path / "meta.json").exists():
             tokenizer = load_tokenizer(cfg.backbone)
@@ -194,7 +194,7 @@ def open_pooled(p, texts: list[str], root: Path) -> PooledEmbeddings:
         h.update(t.encode() + b"\0")
     path = Path(root) / f"pooled-{p.max_len}-{h.hexdigest()[:16]}.npy"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / ".lock", "w") as lock:
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.exists():
             t0 = time.perf_counter()
