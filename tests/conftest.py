@@ -108,3 +108,19 @@ def write_competition(ws: Path, n_train: int = 120, n_test: int = 40, **keys) ->
             "n_folds": 3, **keys}
     (ws / "data" / "competition.yaml").write_text(yaml.safe_dump(comp))
     return ws
+
+
+@pytest.fixture
+def captured_fit(monkeypatch) -> dict:
+    """Replace both fit functions of the train stage with one that records what a fold would train and validate
+    on (texts and targets keyed by train / val / test) and predicts zeros; returns the record."""
+    from foldstack import train as train_stage
+    captured = {}
+
+    def fake_fit(cfg, comp, texts, ys, n_classes, log_path, seed, cache=None):
+        captured.update(texts=texts, ys=ys, seed=seed)
+        return {"val": np.zeros((len(texts["val"]), n_classes)), "test": np.zeros((len(texts["test"]), n_classes)),
+                "score": 0}
+    monkeypatch.setattr(train_stage, "fit_transformer", fake_fit)
+    monkeypatch.setattr(train_stage, "fit_classical", fake_fit)
+    return captured

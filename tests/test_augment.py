@@ -292,7 +292,7 @@ def test_backtranslation_resumes_at_the_first_unfinished_chunk(tmp_path, monkeyp
 
 # ---- fold safety with a real features/eda.parquet ------------------------------------------------------------
 
-def test_run_fold_uses_only_copies_of_training_side_rows_from_the_stage_output(tmp_path, monkeypatch):
+def test_run_fold_uses_only_copies_of_training_side_rows_from_the_stage_output(tmp_path, monkeypatch, captured_fit):
     from foldstack import prep
     ws = write_competition(tmp_path, n_train=30, n_test=6)
     monkeypatch.chdir(ws)
@@ -301,12 +301,8 @@ def test_run_fold_uses_only_copies_of_training_side_rows_from_the_stage_output(t
     assert augment.run("eda", augment.Eda(n_aug=2), train, ws / "features" / "eda.parquet", workers=1)
     extra = train_stage.read_extra(("eda",), ws / "features")
     assert len(extra) > 30 and set(extra["src_id"]) <= set(train["id"])
-    fold_of, captured = np.arange(len(train)) % 3, {}
+    fold_of, captured = np.arange(len(train)) % 3, captured_fit
 
-    def fake_fit(cfg, comp, texts, ys, n_classes, log_path, seed):
-        captured.update(texts=texts, ys=ys)
-        return {"val": np.zeros((len(texts["val"]), 3)), "test": np.zeros((len(texts["test"]), 3)), "score": 0}
-    monkeypatch.setattr(train_stage, "fit_transformer", fake_fit)
     label_of = dict(zip(train["id"], train["label"]))
     for column in ("raw", "lemma"):
         cfg, col = config.Model(augment=("eda",), text=column), "text" if column == "raw" else "text_lemma"

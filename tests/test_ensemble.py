@@ -235,6 +235,7 @@ def test_multilabel_end_to_end_through_the_cli(tmp_path, monkeypatch, capsys):
         ensemble.main(["fit", "--method=mean", "--config=" + str(ensemble_yaml(ws, method="x"))])
 
 
+@pytest.mark.slow
 def test_make_submit_score_with_tfidf_models(tmp_path):
     ws = workspace(tmp_path, {}, {})
     write_competition(ws, n_train=150, n_test=40)

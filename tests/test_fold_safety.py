@@ -6,7 +6,7 @@ from foldstack import config
 from foldstack import train as train_stage
 
 
-def test_augmented_copies_of_validation_rows_never_reach_that_folds_training(monkeypatch):
+def test_augmented_copies_of_validation_rows_never_reach_that_folds_training(captured_fit):
     n = 30
     train = pd.DataFrame({"id": [f"r{i}" for i in range(n)], "text": [f"orig {i}" for i in range(n)],
                           "text_lemma": [f"orig {i}" for i in range(n)], "label": np.arange(n) % 3})
@@ -14,13 +14,7 @@ def test_augmented_copies_of_validation_rows_never_reach_that_folds_training(mon
                           "text": [f"aug {i} {c}" for i in range(n) for c in range(2)]})
     extra["text_lemma"] = extra["text"]
     fold_of = np.arange(n) % 3
-    captured = {}
-
-    def fake_fit(cfg, comp, texts, ys, n_classes, log_path, seed):
-        captured["texts"], captured["ys"] = texts, ys
-        return {"val": np.zeros((len(texts["val"]), 3)), "test": np.zeros((len(texts["test"]), 3)), "score": 0}
-
-    monkeypatch.setattr(train_stage, "fit_transformer", fake_fit)
+    captured = captured_fit
     cfg, comp = config.Model(augment=("eda",)), config.Competition(n_folds=3)
     for fold in range(3):
         val_idx, _ = train_stage.run_fold(cfg, comp, train, train.head(2), fold_of, fold, 3, None, extra)

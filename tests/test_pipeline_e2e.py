@@ -18,6 +18,8 @@ import yaml
 from foldstack import cli, demo
 from tests.conftest import ROOT, corpus
 
+pytestmark = pytest.mark.slow  # each test drives Make through a whole pipeline
+
 TINY = dict(kind="transformer", head="bilstm", lstm_hidden=16, max_len=64, epochs=2, batch_size=16, lr=1e-3,
             head_lr=3e-3, amp="off", warmup=0.1)
 

@@ -44,6 +44,7 @@ def test_pretraining_reads_no_label_and_changes_the_weights(tmp_path, tiny_bert)
     assert '"steps": 4' in summary and not (tmp_path / "a.ckpt").exists()
 
 
+@pytest.mark.slow
 def test_an_interrupted_pretraining_resumes_to_the_same_weights(tmp_path, tiny_bert, monkeypatch):
     data = processed(tmp_path, 0)
     whole = run(tmp_path, tiny_bert, data, tmp_path / "whole")

@@ -80,15 +80,10 @@ def fold_case(n=30, n_test=9, multilabel=False):
 
 
 @pytest.mark.parametrize("kind", ["transformer", "tfidf_lr"])
-def test_pseudo_rows_train_only_their_own_fold(monkeypatch, kind):
+def test_pseudo_rows_train_only_their_own_fold(captured_fit, kind):
     train, test, fold_of, rows = fold_case()
-    captured = {}
+    captured = captured_fit
 
-    def fake_fit(cfg, comp, texts, ys, n_classes, log_path, seed):
-        captured.update(texts=texts, ys=ys)
-        return {"val": np.zeros((len(texts["val"]), 3)), "test": np.zeros((len(texts["test"]), 3)), "score": 0}
-    monkeypatch.setattr(train_stage, "fit_transformer", fake_fit)
-    monkeypatch.setattr(train_stage, "fit_classical", fake_fit)
     for fold in range(3):
         val_idx, _ = train_stage.run_fold(config.Model(kind=kind), config.Competition(n_folds=3), train, test,
                                           fold_of, fold, 3, None, pseudo=rows)
@@ -236,6 +231,7 @@ def pseudo_ws(tmp_path_factory):
     return ws, make_pseudo(ws)
 
 
+@pytest.mark.slow
 def test_make_pseudo_runs_a_round_and_stops_by_the_delta_rule(pseudo_ws):
     ws, out = pseudo_ws
     assert "pseudo: nested CV accuracy per round: r0 " in out and "round 1 changed the nested CV by" in out
@@ -255,6 +251,7 @@ def test_make_pseudo_runs_a_round_and_stops_by_the_delta_rule(pseudo_ws):
     assert "round 0:" in board and "round 1:" in board and "accuracy" in board
 
 
+@pytest.mark.slow
 def test_round_one_teachers_are_fold_k_models_that_never_saw_fold_k(pseudo_ws):
     ws, _ = pseudo_ws
     df = pd.read_parquet(ws / "features" / "pseudo_r1.parquet")
@@ -271,6 +268,7 @@ def test_round_one_teachers_are_fold_k_models_that_never_saw_fold_k(pseudo_ws):
         np.testing.assert_allclose(rows["confidence"], teacher[pos].max(1), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_an_interrupted_round_resumes_at_its_unfinished_fold(pseudo_ws):
     ws, _ = pseudo_ws
     (ws / "folds" / "tfidf_lr" / "r1" / "fold1.npz").unlink()  # as if round 1 died in fold 1
