@@ -82,6 +82,24 @@ def step_batch(seqs: list[np.ndarray], step: int, cfg: Pretrain, collator) -> di
     return collator([{"input_ids": seqs[i].tolist()} for i in idx])
 
 
+def mlm_head(model):
+    """The masked-LM head module of a *ForMaskedLM model (BERT: cls, RoBERTa / MPNet and most others: lm_head)."""
+    head = getattr(model, "cls", None) or getattr(model, "lm_head", None)
+    if head is None:
+        raise ValueError(f"{type(model).__name__}: no masked-LM head (cls / lm_head) found")
+    return head
+
+
+def mlm_loss(model, batch: dict) -> torch.Tensor:
+    """Cross-entropy at the masked positions only. The head's vocabulary projection (30k outputs for MiniLM) costs
+    as much as the encoder per token; running it on the ~15% selected tokens instead of all of them (what the
+    model's own forward does) makes a step several times cheaper, with the same loss."""
+    hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    selected = batch["labels"] != -100
+    logits = mlm_head(model)(hidden[selected])
+    return torch.nn.functional.cross_entropy(logits.float(), batch["labels"][selected])
+
+
 def load_checkpoint(ckpt: Path, model, optimizer, scheduler, cfg: Pretrain) -> tuple[int, list]:
     """(next step, loss history) from a resume point made with the same config; (0, []) otherwise."""
     state_file = ckpt / "state.pt"
@@ -141,7 +159,7 @@ def pretrain(cfg: Pretrain, texts: list[str], out_dir: Path, log=print) -> dict:
     for step in range(start, cfg.steps):
         batch = {k: v.to(device) for k, v in step_batch(seqs, step, cfg, collator).items()}
         with autocast(device, dtype):
-            loss = model(**batch).loss
+            loss = mlm_loss(model, batch)
         (scaler.scale(loss) if scaler else loss).backward()
         if scaler:
             scaler.unscale_(optimizer)

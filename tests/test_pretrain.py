@@ -76,3 +76,13 @@ def test_bad_keys_stop_with_one_line(tmp_path):
     with pytest.raises(SystemExit) as exc:
         pretrain.main([f"--config={cfg}", "--train=x", "--test=y", "--out-dir=z"])
     assert str(exc.value.code).startswith(f"error: {cfg}: unknown key 'mask_rate'")
+
+
+def test_masked_positions_loss_equals_the_models_own_loss(tiny_backbone):
+    from foldstack.batching import encode
+    cfg = pretrain.Pretrain(backbone=str(tiny_backbone), max_len=32, batch_size=8)
+    tok, model, collator = pretrain.build(cfg)
+    batch = pretrain.step_batch(encode(tok, corpus(20)[0], 32, "head"), 0, cfg, collator)
+    model.eval()
+    with torch.no_grad():
+        assert pretrain.mlm_loss(model, batch).item() == pytest.approx(model(**batch).loss.item(), rel=1e-5)
