@@ -148,7 +148,7 @@ class EmbedLR:
     """kind: embed_lr. The encoder is not fine-tuned: each text's mean-pooled last hidden state is computed once
     (features/cache, shared by every fold) and a LogisticRegression is fitted per fold."""
     backbone: str = "minilm"       # minilm (installed), a local directory (e.g. a `make pretrain` output) or Hub id
-    max_len: int = 256
+    max_len: int = 128
     truncation: str = "head_tail"
     normalize: bool = True         # unit-length embeddings (sentence-transformers models are trained that way)
     C: float = 10.0

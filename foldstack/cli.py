@@ -1,8 +1,8 @@
 """`foldstack init DIR`: scaffold a competition workspace whose Makefile includes this project's rules.
 
-Writes DIR/Makefile, DIR/data/competition.yaml (a template to edit), the default member set (every
-models/*.yaml of this project: the transformer and the classical members), models/pretrain/minilm_mlm.yaml (used
-only when a model names it as backbone), and the empty stage folders. Existing files are never overwritten. Then: put the CSVs in DIR/data/raw/, edit the YAML,
+Writes DIR/Makefile, DIR/data/competition.yaml (a template to edit), the default member set (this project's
+models/*.yaml, the demo's members, and models/extra/*.yaml, members too slow for the demo) into DIR/models/,
+models/pretrain/minilm_mlm.yaml (used only when a model names it as backbone), and the empty stage folders. Existing files are never overwritten. Then: put the CSVs in DIR/data/raw/, edit the YAML,
 and run `make folds submit` inside DIR.
 """
 from __future__ import annotations
@@ -42,8 +42,10 @@ def init(target: Path) -> None:
     write_new(target / "Makefile", f"# A foldstack workspace: the rules live in the project.\ninclude {ROOT}/Makefile\n")
     write_new(target / "data" / "competition.yaml", COMPETITION_TEMPLATE)
     (target / "models" / "pretrain").mkdir(exist_ok=True)
-    for src in sorted((ROOT / "models").glob("*.yaml")) + sorted((ROOT / "models" / "pretrain").glob("*.yaml")):
-        dest = target / src.relative_to(ROOT)
+    members = sorted((ROOT / "models").glob("*.yaml")) + sorted((ROOT / "models" / "extra").glob("*.yaml"))
+    targets = [(src, target / "models" / src.name) for src in members]
+    targets += [(src, target / "models" / "pretrain" / src.name) for src in (ROOT / "models" / "pretrain").glob("*.yaml")]
+    for src, dest in targets:
         if not dest.exists():
             shutil.copy(src, dest)
 

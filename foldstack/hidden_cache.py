@@ -176,10 +176,11 @@ def pool(encoder, seqs: list[np.ndarray], pad_id: int, max_len: int, batch_size:
     """Mean of the last hidden state over real tokens, per text [n, H] (fp32, length-sorted batches)."""
     from .encoder import masked_mean
     out = np.zeros((len(seqs), encoder.config.hidden_size), dtype=np.float32)
+    device = next(encoder.parameters()).device
     for idx in eval_batches(np.array([len(s) for s in seqs]), batch_size):
-        batch = collate([seqs[i] for i in idx], pad_id, max_len)
+        batch = {k: v.to(device) for k, v in collate([seqs[i] for i in idx], pad_id, max_len).items()}
         hidden = encoder(**batch).last_hidden_state
-        out[idx] = masked_mean(hidden, batch["attention_mask"]).numpy()
+        out[idx] = masked_mean(hidden, batch["attention_mask"]).float().cpu().numpy()
     return out
 
 
@@ -200,7 +201,9 @@ def open_pooled(p, texts: list[str], root: Path) -> PooledEmbeddings:
             t0 = time.perf_counter()
             tokenizer = load_tokenizer(p.backbone)
             seqs = encode(tokenizer, texts, p.max_len, p.truncation)
-            table = pool(load_encoder(p.backbone).eval(), seqs, tokenizer.pad_token_id, p.max_len, p.batch_size)
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            encoder = load_encoder(p.backbone).to(device).eval()
+            table = pool(encoder, seqs, tokenizer.pad_token_id, p.max_len, p.batch_size)
             if p.normalize:
                 table /= np.clip(np.linalg.norm(table, axis=1, keepdims=True), 1e-12, None)
             with atomic_path(path) as tmp, open(tmp, "wb") as fh:
