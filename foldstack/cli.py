@@ -1,7 +1,8 @@
 """`foldstack init DIR`: scaffold a competition workspace whose Makefile includes this project's rules.
 
-Writes DIR/Makefile, DIR/data/competition.yaml (a template to edit), the default member set (this project's
-models/*.yaml, the demo's members, and models/extra/*.yaml, members too slow for the demo) into DIR/models/,
+Writes DIR/Makefile, DIR/data/competition.yaml (a template to edit), the default member set into DIR/models/:
+models/extra/*.yaml (competition defaults: a 2-epoch transformer, members too slow for the demo) and the demo's
+models/*.yaml where extra/ has no file of that name,
 models/pretrain/minilm_mlm.yaml (used only when a model names it as backbone), and the empty stage folders. Existing files are never overwritten. Then: put the CSVs in DIR/data/raw/, edit the YAML,
 and run `make folds submit` inside DIR.
 """
@@ -42,7 +43,8 @@ def init(target: Path) -> None:
     write_new(target / "Makefile", f"# A foldstack workspace: the rules live in the project.\ninclude {ROOT}/Makefile\n")
     write_new(target / "data" / "competition.yaml", COMPETITION_TEMPLATE)
     (target / "models" / "pretrain").mkdir(exist_ok=True)
-    members = sorted((ROOT / "models").glob("*.yaml")) + sorted((ROOT / "models" / "extra").glob("*.yaml"))
+    # models/extra first: where both hold a name (minilm_bilstm), the competition default wins over the demo's
+    members = sorted((ROOT / "models" / "extra").glob("*.yaml")) + sorted((ROOT / "models").glob("*.yaml"))
     targets = [(src, target / "models" / src.name) for src in members]
     targets += [(src, target / "models" / "pretrain" / src.name) for src in (ROOT / "models" / "pretrain").glob("*.yaml")]
     for src, dest in targets:

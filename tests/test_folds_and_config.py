@@ -95,3 +95,15 @@ def test_off_and_on_stay_strings_in_yaml_and_overrides(tmp_path):
     cfg = config.load(config.Model, path, config.parse_overrides(["--attention=eager"]))
     assert cfg.amp == "off" and cfg.save_checkpoint is True
     assert config.load(config.Model, path, config.parse_overrides(["--amp=off"])).amp == "off"
+
+
+def test_init_ships_every_member_and_the_competition_transformer(tmp_path):
+    from foldstack import cli
+    from tests.conftest import ROOT
+    cli.init(tmp_path / "ws")
+    models = {p.name for p in (tmp_path / "ws" / "models").glob("*.yaml")}
+    shipped = {p.name for p in (ROOT / "models").glob("*.yaml")} | {p.name for p in (ROOT / "models" / "extra").glob("*.yaml")}
+    assert models == shipped and {"embed_lr.yaml", "tfidf_svm.yaml", "nbsvm.yaml"} <= models
+    transformer = config.load(config.Model, tmp_path / "ws" / "models" / "minilm_bilstm.yaml")
+    assert transformer.epochs > 1, "the competition default trains more than one epoch"
+    assert (tmp_path / "ws" / "models" / "pretrain" / "minilm_mlm.yaml").exists()
