@@ -86,3 +86,20 @@ def test_masked_positions_loss_equals_the_models_own_loss(tiny_backbone):
     model.eval()
     with torch.no_grad():
         assert pretrain.mlm_loss(model, batch).item() == pytest.approx(model(**batch).loss.item(), rel=1e-5)
+
+
+def test_a_model_on_a_pretrained_backbone_trains_after_the_pretraining(tmp_path, tiny_bert):
+    import subprocess
+    from foldstack import cli
+    from tests.conftest import write_competition
+    ws = tmp_path / "ws"
+    cli.init(ws)
+    for shipped in (ws / "models").glob("*.yaml"):
+        shipped.unlink()
+    write_competition(ws)
+    (ws / "models" / "pretrain" / "tiny.yaml").write_text(f"backbone: {tiny_bert}\nsteps: 2\n")
+    (ws / "models" / "on_tiny.yaml").write_text("backbone: models/pretrain/tiny\nmax_len: 32\n")
+    plan = subprocess.run(["make", "-n", "-C", str(ws), "folds"], capture_output=True, text=True, check=True).stdout
+    pretrain_at = plan.index("foldstack.pretrain --config=models/pretrain/tiny.yaml")
+    assert pretrain_at < plan.index("foldstack.train --model=models/on_tiny.yaml --fold=0")
+    assert "--out-dir=models/pretrain/tiny" in plan
