@@ -155,7 +155,7 @@ def model_config(spec: dict):
     """The model YAML (the demo's minilm_bilstm by default), with --max-len and --amp applied, checked like train's.
 
     freeze_layers is set to 0: the bench compares training loops on the same full model (HF Trainer has no
-    frozen-layer cache); bench/levers.py's freeze lever measures what the cache saves."""
+    frozen-layer cache); bench/freeze_speed.py measures what the cache saves."""
     from foldstack import config
     overrides = {"freeze_layers": 0}
     if spec.get("max_len"):

@@ -147,7 +147,7 @@ def worker_recipe(spec: dict) -> dict:
 def worker_gemm(spec: dict) -> dict:
     """The CPU's matmul throughput: an n x n GEMM, best of `reps` after one warm-up, in fp32 and, only where the CPU
     has native bf16 (AVX512-BF16 / AMX), in bf16: emulated bf16 GEMMs are slower than fp32 (a 4096² one ran for
-    minutes on an AVX2 CPU) and no foldstack setting uses them there."""
+    minutes on an AVX2 CPU) and `amp: auto` never picks them there."""
     n, out = spec["gemm_n"], {}
     kinds = [("fp32", torch.float32)] + ([("bf16", torch.bfloat16)] if trainer.cpu_has_bf16() else [])
     for name, dtype in kinds:

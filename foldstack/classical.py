@@ -289,9 +289,13 @@ def fit_svm(p: TfidfSVM, X: dict, y: np.ndarray, n_classes: int, multilabel: boo
     """Calibrated one-vs-rest LinearSVC; multi-label: one per label, and a label with fewer positives (or
     negatives) than 2 in the fold's training rows predicts its training rate."""
     if not multilabel:
-        model = _calibrated_svc(p, X["train"], y, seed)
+        # calibration needs 2 rows per class: a rarer class sits out of this fold's fit (probability 0, as a class
+        # absent from the fold's training rows does)
+        counts = np.bincount(y, minlength=n_classes)
+        keep = counts[y] >= 2
+        model = _calibrated_svc(p, X["train"][keep], y[keep], seed)
         return {part: full_columns(model.predict_proba(X[part]), model.classes_, n_classes)
-                for part in ("val", "test")}, {}
+                for part in ("val", "test")}, {"classes_left_out": int(((counts > 0) & (counts < 2)).sum())}
     probs = {part: np.zeros((X[part].shape[0], y.shape[1]), dtype=np.float32) for part in ("val", "test")}
     for j in range(y.shape[1]):
         pos = y[:, j].sum()

@@ -147,7 +147,7 @@ class Classifier(nn.Module):
 
     With a `lower` part (freeze_layers > 0) the model takes either token ids (the whole stack, end to end) or the
     lower part's output `hidden` [B, T, H] read from the frozen-layer cache (foldstack.hidden_cache): both give the
-    same logits. The lower part never trains and always runs in eval mode (no dropout), as the cache was built.
+    same logits up to the cache's float16 rounding (about 1e-3). The lower part never trains and always runs in eval mode (no dropout), as the cache was built.
     """
 
     def __init__(self, encoder: nn.Module, head: str, n_out: int, lstm_hidden: int = 256, dropout: float = 0.1,

@@ -10,8 +10,8 @@ Layout   <root>/<key>/hidden.npy   float16 [total_tokens, H], the texts' real to
                       offsets.npy  int64 [n_texts + 1]: text i is hidden[offsets[i]:offsets[i + 1]]
                       meta.json    the key's inputs, size, build time
 The key hashes everything the numbers depend on: the backbone's files (content, so a re-pretrained backbone
-directory is a new key), max_len, truncation, the text variant, N, the attention kernel and the texts themselves
-in order. A changed key is a new directory; an old one is never read again. The directory is written under a
+directory is a new key), max_len, truncation, the text variant, N, the attention kernel, the foldstack and
+transformers versions (tokenization and kernels) and the texts themselves in order. A changed key is a new directory; an old one is never read again. The directory is written under a
 temporary name and renamed when complete, under a lock so that parallel folds build it once.
 hidden.npy is read memory-mapped: five folds in a row share the page cache instead of each holding a copy.
 """
@@ -34,8 +34,11 @@ FP16_MAX = float(np.finfo(np.float16).max)
 
 
 def backbone_digest(path: str) -> str:
-    """sha256 over a backbone directory's config, tokenizer and weight files (names and bytes)."""
+    """sha256 over a backbone directory's config, tokenizer and weight files (names and bytes); a Hub id (no local
+    directory) is keyed by its name: a model re-published under the same id is not noticed."""
     h = hashlib.sha256()
+    if not Path(path).is_dir():
+        return "hub:" + path
     for f in sorted(Path(path).iterdir()):
         if f.is_file() and f.suffix in (".json", ".txt", ".model", ".safetensors", ".bin"):
             h.update(f.name.encode())
@@ -48,9 +51,11 @@ def backbone_digest(path: str) -> str:
 def cache_key(cfg, backbone_path: str, texts: list[str]) -> str:
     """The cache directory's name: a hash of every input its numbers depend on."""
     h = hashlib.sha256()
+    import transformers
+    from . import __version__
     settings = {"backbone": backbone_digest(backbone_path), "max_len": cfg.max_len, "truncation": cfg.truncation,
                 "text": cfg.text, "freeze_layers": cfg.freeze_layers, "attention": cfg.attention, "dtype": "fp16",
-                "n_texts": len(texts)}
+                "n_texts": len(texts), "foldstack": __version__, "transformers": transformers.__version__}
     h.update(json.dumps(settings, sort_keys=True).encode())
     for t in texts:
         h.update(t.encode())
@@ -105,6 +110,8 @@ class HiddenCache:
         self.hidden = np.load(self.path / "hidden.npy", mmap_mode="r")
         self.offsets = np.load(self.path / "offsets.npy")
         self.lengths = np.diff(self.offsets)
+        if len(self.lengths) != len(texts):
+            raise ValueError(f"{self.path}: holds {len(self.lengths)} texts, expected {len(texts)}")
         self.index = {t: i for i, t in enumerate(texts)}
         self.meta = json.loads((self.path / "meta.json").read_text())
 

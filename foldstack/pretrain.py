@@ -18,6 +18,7 @@ order and the masking are seeded per step, so a resumed run equals an uninterrup
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -100,26 +101,34 @@ def mlm_loss(model, batch: dict) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.float(), batch["labels"][selected])
 
 
-def load_checkpoint(ckpt: Path, model, optimizer, scheduler, cfg: Pretrain) -> tuple[int, list]:
-    """(next step, loss history) from a resume point made with the same config; (0, []) otherwise."""
+def run_key(cfg: Pretrain, seqs: list[np.ndarray]) -> str:
+    """What a resume point must match: the config and the token ids it trains on (so a re-run prep or another
+    backbone starts over)."""
+    h = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode())
+    for s in seqs:
+        h.update(s.tobytes())
+    return h.hexdigest()
+
+
+def load_checkpoint(ckpt: Path, key: str, parts: dict) -> tuple[int, list]:
+    """(next step, loss history) from a resume point of the same run (`key`); (0, []) otherwise. `parts` maps
+    names to the objects whose state_dict was saved (model, optimizer, scheduler, scaler)."""
     state_file = ckpt / "state.pt"
     if not state_file.exists():
         return 0, []
     state = torch.load(state_file, weights_only=True)
-    if state["config"] != json.dumps(asdict(cfg), sort_keys=True):
-        print(f"  {ckpt}: made with another config, starting over")
+    if state["key"] != key:
+        print(f"  {ckpt}: made by another config or other texts, starting over")
         return 0, []
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    for name, obj in parts.items():
+        obj.load_state_dict(state[name])
     print(f"  resuming at step {state['step']}")
     return state["step"], state["losses"]
 
 
-def save_checkpoint(ckpt: Path, step: int, losses: list, model, optimizer, scheduler, cfg: Pretrain) -> None:
+def save_checkpoint(ckpt: Path, step: int, losses: list, key: str, parts: dict) -> None:
     ckpt.mkdir(parents=True, exist_ok=True)
-    state = {"step": step, "losses": losses, "config": json.dumps(asdict(cfg), sort_keys=True),
-             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    state = {"step": step, "losses": losses, "key": key, **{name: obj.state_dict() for name, obj in parts.items()}}
     with atomic_path(ckpt / "state.pt") as tmp:
         torch.save(state, tmp)
 
@@ -154,7 +163,10 @@ def pretrain(cfg: Pretrain, texts: list[str], out_dir: Path, log=print) -> dict:
     scheduler = make_scheduler(optimizer, cfg.steps, cfg.warmup)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     ckpt = out_dir.with_name(out_dir.name + ".ckpt")
-    start, losses = load_checkpoint(ckpt, model, optimizer, scheduler, cfg)
+    key, parts = run_key(cfg, seqs), {"model": model, "optimizer": optimizer, "scheduler": scheduler}
+    if scaler is not None:  # fp16 on CUDA: the loss scale is part of the state
+        parts["scaler"] = scaler
+    start, losses = load_checkpoint(ckpt, key, parts)
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):
         batch = {k: v.to(device) for k, v in step_batch(seqs, step, cfg, collator).items()}
@@ -171,15 +183,14 @@ def pretrain(cfg: Pretrain, texts: list[str], out_dir: Path, log=print) -> dict:
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(ckpt, step + 1, losses, model, optimizer, scheduler, cfg)
+            save_checkpoint(ckpt, step + 1, losses, key, parts)
             log(f"  step {step + 1}/{cfg.steps}: MLM loss {np.mean(losses[-cfg.save_every:]):.4f}")
     secs = time.perf_counter() - t0
     write_backbone(model, tokenizer, out_dir)
     summary = {"steps": cfg.steps, "texts": len(seqs), "first_loss": float(np.mean(losses[:20])),
                "last_loss": float(np.mean(losses[-20:])), "secs_this_run": secs, "resumed_at": start,
                "config": asdict(cfg)}
-    shutil.rmtree(ckpt, ignore_errors=True)
-    return summary
+    return summary  # main removes the resume point once done.json is written
 
 
 def write_backbone(model, tokenizer, out_dir: Path) -> None:
@@ -211,6 +222,7 @@ def main(argv=None) -> None:
     summary = pretrain(cfg, texts, out)
     with atomic_path(out / "done.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=1))
+    shutil.rmtree(out.with_name(out.name + ".ckpt"), ignore_errors=True)
     print(f"pretrain {out.name}: MLM loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f} "
           f"in {summary['secs_this_run']:.0f}s")
 

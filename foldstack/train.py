@@ -141,7 +141,7 @@ def open_cache(cfg, train: pd.DataFrame, test: pd.DataFrame, extra: pd.DataFrame
 def save_weights(weights, folder: Path, fold: int) -> None:
     """models/<m>/fold<k>.pt, or fold<k>.s<i>.pt per seed when the model averages seeds."""
     named = {f"fold{fold}.pt": weights} if isinstance(weights, dict) else \
-        {f"fold{fold}.s{i}.pt": w for i, w in enumerate(weights)}
+        {f"fold{fold}.s{i}.pt": w for i, w in enumerate(weights) if w is not None}
     for filename, w in named.items():
         with atomic_path(folder / filename) as tmp:
             torch.save(w, tmp)

@@ -75,7 +75,7 @@ def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
     if cpuinfo is None and Path("/proc/cpuinfo").exists():
         cpuinfo = Path("/proc/cpuinfo").read_text()
     if cpuinfo and "flags" in cpuinfo:
-        flags = set(next(line for line in cpuinfo.splitlines() if line.startswith("flags")).split())
+        flags = set(next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "").split())
         return any(f in flags for f in NATIVE_BF16_FLAGS)
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -90,13 +90,16 @@ def test_vectorizers_fit_on_training_texts_only():
     assert all(m.has_sorted_indices and m.dtype == np.float32 for m in X.values())
 
 
-def test_class_missing_from_training_rows_gets_a_zero_column(tmp_path):
+@pytest.mark.parametrize("kind,seen", [("tfidf_lr", 0), ("tfidf_svm", 0), ("tfidf_svm", 1), ("nbsvm", 0)])
+def test_class_missing_from_training_rows_gets_a_zero_column(tmp_path, kind, seen):
     texts, y = split()
-    y_train = np.where(y[:150] == 2, 0, y[:150])  # class 2 never seen in training
-    cfg = config.Model(kind="tfidf_lr", params=FAST["tfidf_lr"])
+    y_train = np.where(y[:150] == 2, 0, y[:150])  # class 2 never seen in training ...
+    y_train[np.flatnonzero(y[:150] == 2)[:seen]] = 2  # ... or seen once: too rare to calibrate on
+    cfg = config.Model(kind=kind, params=FAST[kind])
     res = classical.fit_predict(cfg, config.Competition(), texts, {"train": y_train, "val": y[150:200]}, 3,
                                 tmp_path / "f.log", 0)
-    assert res["val"].shape == (50, 3) and (res["val"][:, 2] == 0).all()
+    assert res["val"].shape == (50, 3) and np.allclose(res["val"].sum(1), 1, atol=1e-4)
+    assert (res["val"][:, 2] == 0).all() if kind != "nbsvm" else (res["val"][:, 2] < 0.5).all()
 
 
 def test_params_are_checked():
