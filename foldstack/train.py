@@ -147,6 +147,13 @@ def save_weights(weights, folder: Path, fold: int) -> None:
             torch.save(w, tmp)
 
 
+def write_fold(out: Path, fold: int, val_idx: np.ndarray, res: dict, summary: dict) -> None:
+    """fold<k>.json, then fold<k>.npz (the Make target) last."""
+    save_json(out / f"fold{fold}.json", summary)
+    with atomic_path(out / f"fold{fold}.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, val_idx=val_idx, val=res["val"].astype(np.float32), test=res["test"].astype(np.float32))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="models/<name>.yaml")
@@ -194,9 +201,7 @@ def main(argv=None) -> None:
     summary.update(model=name, fold=args.fold, metric=comp.metric, config_hash=config.config_hash(cfg),
                    version=__version__, secs=time.perf_counter() - start, threads=torch.get_num_threads(),
                    cpu_count=os.cpu_count(), pseudo=args.pseudo, n_pseudo=n_pseudo)
-    save_json(out / f"fold{args.fold}.json", summary)
-    with atomic_path(out / f"fold{args.fold}.npz") as tmp, open(tmp, "wb") as fh:  # last: the Make target
-        np.savez(fh, val_idx=val_idx, val=res["val"].astype(np.float32), test=res["test"].astype(np.float32))
+    write_fold(out, args.fold, val_idx, res, summary)
     print(f"train {name} fold {args.fold}: {comp.metric} {res['score']:.4f} in {summary['secs']:.0f}s")
 
 
