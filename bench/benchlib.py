@@ -78,7 +78,8 @@ def machine() -> dict:
         cpuinfo = Path("/proc/cpuinfo").read_text()
         info["cpu"] = next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
                            if line.startswith("model name"))
-        flags = set(next(line for line in cpuinfo.splitlines() if line.startswith("flags")).split())
+        from foldstack.trainer import cpu_flags
+        flags = cpu_flags(cpuinfo) or set()
         info["bf16_flags"] = sorted(f for f in flags if f in ("avx512_bf16", "amx_bf16", "amx_tile"))
     except (OSError, StopIteration):
         pass

@@ -17,6 +17,7 @@ hidden.npy is read memory-mapped: five folds in a row share the page cache inste
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -48,19 +49,31 @@ def backbone_digest(path: str) -> str:
     return h.hexdigest()
 
 
+def digest(settings: dict, texts: list[str]) -> str:
+    """sha256 of the settings (as sorted JSON) and the texts in order."""
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for t in texts:
+        h.update(t.encode() + b"\0")
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def build_lock(path: Path):
+    """One builder per cache path at a time (other paths build meanwhile); a waiter then finds it built."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def cache_key(cfg, backbone_path: str, texts: list[str]) -> str:
     """The cache directory's name: a hash of every input its numbers depend on."""
-    h = hashlib.sha256()
     import transformers
     from . import __version__
     settings = {"backbone": backbone_digest(backbone_path), "max_len": cfg.max_len, "truncation": cfg.truncation,
                 "text": cfg.text, "freeze_layers": cfg.freeze_layers, "attention": cfg.attention, "dtype": "fp16",
                 "n_texts": len(texts), "foldstack": __version__, "transformers": transformers.__version__}
-    h.update(json.dumps(settings, sort_keys=True).encode())
-    for t in texts:
-        h.update(t.encode())
-        h.update(b"\0")
-    return f"{cfg.freeze_layers}L-{cfg.max_len}-{h.hexdigest()[:16]}"
+    return f"{cfg.freeze_layers}L-{cfg.max_len}-{digest(settings, texts)[:16]}"
 
 
 def compute(model, seqs: list[np.ndarray], pad_id: int, max_len: int, batch_size: int, hidden_file: Path) -> np.ndarray:
@@ -153,9 +166,7 @@ def open_or_build(cfg, texts: list[str], root: Path, n_classes: int) -> HiddenCa
     from .encoder import build_model, load_tokenizer, resolve_backbone
     backbone = resolve_backbone(cfg.backbone)
     path = Path(root) / cache_key(cfg, backbone, texts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "w") as lock:  # one lock per key: other caches build meanwhile
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a parallel fold waits here, then finds the cache built
+    with build_lock(path):
         if not (path / "meta.json").exists():
             tokenizer = load_tokenizer(cfg.backbone)
             seqs = encode(tokenizer, texts, cfg.max_len, cfg.truncation)
@@ -196,14 +207,10 @@ def open_pooled(p, texts: list[str], root: Path) -> PooledEmbeddings:
     from .batching import encode
     from .encoder import load_encoder, load_tokenizer, resolve_backbone
     from .io import atomic_path
-    h = hashlib.sha256(json.dumps({"backbone": backbone_digest(resolve_backbone(p.backbone)), "max_len": p.max_len,
-                                   "truncation": p.truncation, "normalize": p.normalize}).encode())
-    for t in texts:
-        h.update(t.encode() + b"\0")
-    path = Path(root) / f"pooled-{p.max_len}-{h.hexdigest()[:16]}.npy"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    settings = {"backbone": backbone_digest(resolve_backbone(p.backbone)), "max_len": p.max_len,
+                "truncation": p.truncation, "normalize": p.normalize}
+    path = Path(root) / f"pooled-{p.max_len}-{digest(settings, texts)[:16]}.npy"
+    with build_lock(path):
         if not path.exists():
             t0 = time.perf_counter()
             tokenizer = load_tokenizer(p.backbone)

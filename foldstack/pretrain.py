@@ -149,15 +149,16 @@ def build(cfg: Pretrain):
 def pretrain(cfg: Pretrain, texts: list[str], out_dir: Path, log=print) -> dict:
     """Masked-LM training for cfg.steps steps, resumable; writes the backbone directory; returns the summary."""
     from .batching import encode
-    from .optim import make_scheduler
+    from .optim import make_scheduler, no_decay
     from .trainer import amp_dtype, autocast
     tokenizer, model, collator = build(cfg)
     seqs = encode(tokenizer, texts, cfg.max_len, cfg.truncation)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).train()
     dtype = amp_dtype(cfg.amp, device)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "LayerNorm" not in n)]
+    named = list(model.named_parameters())
+    decay = [p for n, p in named if not no_decay(n, p)]
+    rest = [p for n, p in named if no_decay(n, p)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
     scheduler = make_scheduler(optimizer, cfg.steps, cfg.warmup)

@@ -66,16 +66,23 @@ def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
+def cpu_flags(cpuinfo: str | None = None) -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (or the text given); None where there is no such file."""
+    if cpuinfo is None and Path("/proc/cpuinfo").exists():
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    if not cpuinfo or "flags" not in cpuinfo:
+        return None
+    return set(next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "").split())
+
+
 def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
     """AVX512-BF16 or AMX: bf16 matmuls run natively (measured ~1.4x faster training there).
 
     oneDNN's own check (torch.ops.mkldnn._is_mkldnn_bf16_supported) also says yes on AVX-512 CPUs without BF16,
     where bf16 is emulated: a 1024² GEMM ran at 55 GFLOP/s against fp32's 228 on such a Xeon, so autocast would
     halve training speed. On x86 Linux the CPU's flags decide; elsewhere oneDNN's check (guarded: private API)."""
-    if cpuinfo is None and Path("/proc/cpuinfo").exists():
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    if cpuinfo and "flags" in cpuinfo:
-        flags = set(next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "").split())
+    flags = cpu_flags(cpuinfo)
+    if flags is not None:
         return any(f in flags for f in NATIVE_BF16_FLAGS)
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
