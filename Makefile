@@ -113,7 +113,7 @@ JOBS = $(if $(filter -j,$(MAKEFLAGS)),$$(nproc),$(or $(patsubst -j%,%,$(filter -
 fold_threads = $${OMP_NUM_THREADS:-$$(n=$$(nproc) j=$(JOBS); t=$$((n / j)); echo $$((t < 1 ? 1 : t)))}
 
 # One training target per model x fold x round, one gather target per model x round ($(1) model, $(2) round).
-pseudo_args = $(if $(call pseudo_file,$(2)),--pseudo=$(call pseudo_file,$(2)) --checkpoint-dir=models/$(1)/r$(2))
+pseudo_args = $(if $(call pseudo_file,$(2)),--pseudo=$(call pseudo_file,$(2)))
 define MODEL_RULES
 $(call mdir,$(1),$(2))/fold%.npz: models/$(1).yaml folds/folds.csv $(PROCESSED) \
   $(DEPS_$(1)) $(call pseudo_file,$(2))
@@ -180,6 +180,18 @@ pseudo:  ## pseudo-label rounds while the nested CV improves -> folds/<m>/r<r>/,
 	  $(MAKE) --no-print-directory submit ROUND=$$r && \
 	  r=$$($(PY) -m foldstack.pseudo next-round --round=$$r $(PSEUDO_ARGS)) || exit 1; \
 	done
+
+# Apply the trained pipeline to a new file, or pack it for an offline notebook (foldstack.predict, foldstack.bundle).
+.PHONY: predict export
+OUT ?= submissions/predict.csv
+predict: $(call edir,$(ROUND))/leaderboard.json  ## TEST=file [OUT= METHOD= SAMPLE= ROUND=]: the blend on new texts
+	$(if $(TEST),,$(error make predict needs TEST=path/to/test.csv))
+	$(PY) -m foldstack.predict --test=$(TEST) --out=$(OUT) --round=$(ROUND) --probs-dir=$(basename $(OUT)).probs \
+	  $(if $(METHOD),--method=$(METHOD)) $(if $(SAMPLE),--sample=$(SAMPLE))
+
+export: $(call edir,$(ROUND))/leaderboard.json  ## DIR=folder [METHOD= HALF=fp16 ROUND=]: an offline predict bundle
+	$(if $(DIR),,$(error make export needs DIR=path/to/new/folder))
+	$(PY) -m foldstack.bundle --out=$(DIR) --round=$(ROUND) $(if $(METHOD),--method=$(METHOD)) $(if $(HALF),--half=$(HALF))
 
 pseudo-score:  ## per round: pseudo rows and their accuracy vs SOLUTION, nested CV, test score
 	$(PY) -m foldstack.pseudo score $(PSEUDO_ARGS) --features=features --solution=$(SOLUTION)

@@ -14,7 +14,7 @@ from scipy.optimize import minimize
 from sklearn.base import BaseEstimator
 
 from . import metrics
-from .classical import full_columns
+from .estimators import full_columns, lgbm_classifier
 
 EPS = 1e-7
 
@@ -180,12 +180,8 @@ class StackLGBM(_Stacker):
         return self.model_.predict_proba(X)[:, 1].reshape(len(P), self.n_classes_)
 
     def _model(self):
-        import lightgbm as lgb
-        return lgb.LGBMClassifier(n_estimators=self.n_estimators, learning_rate=self.learning_rate,
-                                  num_leaves=self.num_leaves, min_child_samples=self.min_child_samples,
-                                  reg_lambda=self.reg_lambda, subsample=0.8, subsample_freq=1,
-                                  colsample_bytree=0.8, n_jobs=self.n_jobs, random_state=self.random_state,
-                                  verbose=-1)
+        return lgbm_classifier(self.n_estimators, self.learning_rate, self.num_leaves, self.min_child_samples,
+                               self.reg_lambda, self.n_jobs, self.random_state, colsample_bytree=0.8, subsample=0.8)
 
 
 def _long(X: np.ndarray) -> np.ndarray:

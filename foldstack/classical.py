@@ -28,6 +28,7 @@ import scipy.sparse as sp
 
 from . import metrics
 from .config import ConfigError, coerce
+from .estimators import AllClasses, PerColumn, lgbm_classifier, rare
 from .prep import FIELD_SEP
 
 
@@ -183,38 +184,47 @@ def parse_params(cfg, where: str = "models/<name>.yaml"):
     return params
 
 
+class Vectorizer:
+    """The fold's TF-IDF vectorizers (word, and char_wb n-grams), fitted on its training texts only; they then
+    transform any texts (validation, test, or a new file at `make predict`) the same way."""
+
+    def __init__(self, p: Tfidf, train_texts: list[str]):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        common = dict(min_df=p.min_df, max_df=p.max_df, max_features=p.max_features, sublinear_tf=p.sublinear_tf,
+                      strip_accents="unicode", dtype=np.float32)
+        specs = [("word", p.word_ngrams, None)]
+        if p.char_ngrams:
+            specs.append(("char_wb", p.char_ngrams, p.char_max_chars))
+        self.parts = []
+        for analyzer, ngrams, cap in specs:
+            vec = TfidfVectorizer(analyzer=analyzer, ngram_range=tuple(ngrams), **common)
+            vec.fit(self._cut(_clean(train_texts), cap))
+            self.parts.append((vec, cap))
+        self.n_features = sum(len(vec.vocabulary_) for vec, _ in self.parts)
+
+    @staticmethod
+    def _cut(rows: list[str], cap: int | None) -> list[str]:
+        return [t[:cap] for t in rows] if cap else rows
+
+    def transform(self, texts: list[str]) -> sp.csr_matrix:
+        clean = _clean(texts)
+        X = sp.hstack([vec.transform(self._cut(clean, cap)) for vec, cap in self.parts], format="csr")
+        X.sort_indices()  # one-vs-rest workers get read-only memory maps and cannot sort them in place
+        return X
+
+
+def _clean(texts: list[str]) -> list[str]:
+    return [t.replace(FIELD_SEP, "\n") for t in texts]
+
+
 def vectorize(p: Tfidf, texts: dict) -> tuple[dict, int]:
     """texts[train|val|test] -> sparse float32 TF-IDF matrices [n, n_features], fitted on texts['train'] only."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    clean = {part: [t.replace(FIELD_SEP, "\n") for t in rows] for part, rows in texts.items()}
-    common = dict(min_df=p.min_df, max_df=p.max_df, max_features=p.max_features, sublinear_tf=p.sublinear_tf,
-                  strip_accents="unicode", dtype=np.float32)
-    blocks = {part: [] for part in clean}
-    vocab = 0
-    specs = [("word", p.word_ngrams, None)] + ([("char_wb", p.char_ngrams, p.char_max_chars)] if p.char_ngrams else [])
-    for analyzer, ngrams, cap in specs:
-        vec = TfidfVectorizer(analyzer=analyzer, ngram_range=tuple(ngrams), **common)
-        cut = (lambda rows: [t[:cap] for t in rows]) if cap else (lambda rows: rows)
-        blocks["train"].append(vec.fit_transform(cut(clean["train"])))
-        for part in clean:
-            if part != "train":
-                blocks[part].append(vec.transform(cut(clean[part])))
-        vocab += len(vec.vocabulary_)
-    out = {part: sp.hstack(b, format="csr") for part, b in blocks.items()}
-    for m in out.values():
-        m.sort_indices()  # one-vs-rest workers get read-only memory maps and cannot sort them in place
-    return out, vocab
+    vec = Vectorizer(p, texts["train"])
+    return {part: vec.transform(rows) for part, rows in texts.items()}, vec.n_features
 
 
-def full_columns(probs: np.ndarray, seen, n_classes: int) -> np.ndarray:
-    """predict_proba over the classes a model saw -> [n, n_classes]; a class absent from its fit rows gets 0."""
-    out = np.zeros((len(probs), n_classes), dtype=np.float32)
-    out[:, np.asarray(seen, dtype=np.int64)] = probs
-    return out
-
-
-def fit_lr(p: TfidfLR, X: dict, y: np.ndarray, n_classes: int, multilabel: bool, seed: int) -> tuple[dict, dict]:
-    """LogisticRegression (one-vs-rest for liblinear and for multi-label) -> val / test probabilities."""
+def fit_lr(p: TfidfLR, X: dict, y: np.ndarray, n_classes: int, multilabel: bool, seed: int) -> tuple[object, dict]:
+    """LogisticRegression (one-vs-rest for liblinear and for multi-label)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
     lr = LogisticRegression(C=p.C, solver=p.solver, dual=p.solver == "liblinear", class_weight=p.class_weight,
@@ -224,21 +234,9 @@ def fit_lr(p: TfidfLR, X: dict, y: np.ndarray, n_classes: int, multilabel: bool,
     with warnings.catch_warnings():  # a label absent from a fold's training rows is predicted as constant 0
         warnings.filterwarnings("ignore", message="Label .* is present in all training examples")
         model.fit(X["train"], y)
-    probs = {part: model.predict_proba(X[part]) for part in ("val", "test")}
-    if not multilabel:
-        probs = {part: full_columns(q, model.classes_, n_classes) for part, q in probs.items()}
     iters = [int(np.max(e.n_iter_)) for e in model.estimators_ if hasattr(e, "n_iter_")] if ovr \
         else [int(np.max(model.n_iter_))]
-    return probs, {"max_iter_used": max(iters, default=0)}
-
-
-def _lgbm(p: TfidfLGBM, seed: int):
-    import lightgbm as lgb
-    return lgb.LGBMClassifier(n_estimators=p.n_estimators, learning_rate=p.learning_rate, num_leaves=p.num_leaves,
-                              min_child_samples=p.min_child_samples, colsample_bytree=p.colsample_bytree,
-                              subsample=p.subsample, subsample_freq=1 if p.subsample < 1 else 0,
-                              reg_lambda=p.reg_lambda, max_bin=p.max_bin, n_jobs=p.n_jobs, random_state=seed,
-                              verbose=-1)
+    return (model if multilabel else AllClasses(model, n_classes)), {"max_iter_used": max(iters, default=0)}
 
 
 def _boost(p: TfidfLGBM, X: dict, y: np.ndarray, y_val: np.ndarray, seed: int):
@@ -246,7 +244,8 @@ def _boost(p: TfidfLGBM, X: dict, y: np.ndarray, y_val: np.ndarray, seed: int):
     transformer's best epoch (the fold's OOF is then slightly optimistic; no other fold's rows, and never the
     test set, take part). The model at the chosen round predicts both the validation rows and the test set."""
     import lightgbm as lgb
-    model = _lgbm(p, seed)
+    model = lgbm_classifier(p.n_estimators, p.learning_rate, p.num_leaves, p.min_child_samples, p.reg_lambda,
+                            p.n_jobs, seed, p.colsample_bytree, p.subsample, p.max_bin)
     stop = p.early_stopping_rounds > 0 and len(np.unique(y_val)) > 1
     kw = dict(eval_X=(X["val"],), eval_y=(y_val,),
               callbacks=[lgb.early_stopping(p.early_stopping_rounds, verbose=False)]) if stop else {}
@@ -255,26 +254,21 @@ def _boost(p: TfidfLGBM, X: dict, y: np.ndarray, y_val: np.ndarray, seed: int):
 
 
 def fit_lgbm(p: TfidfLGBM, X: dict, y: np.ndarray, y_val: np.ndarray, n_classes: int, multilabel: bool,
-             seed: int) -> tuple[dict, dict]:
+             seed: int) -> tuple[object, dict]:
     """LightGBM multiclass, or one binary LightGBM per label; a label with < 2 positives is its training rate."""
     if not multilabel:
         model, rounds = _boost(p, X, y, y_val, seed)
-        probs = {part: full_columns(model.predict_proba(X[part]), model.classes_, n_classes)
-                 for part in ("val", "test")}
-        return probs, {"rounds": [rounds]}
-    probs = {part: np.zeros((X[part].shape[0], y.shape[1]), dtype=np.float32) for part in ("val", "test")}
-    rounds = []
+        return AllClasses(model, n_classes), {"rounds": [rounds]}
+    models, rounds = [], []
     for j in range(y.shape[1]):
-        if y[:, j].sum() < 2 or y[:, j].sum() > len(y) - 2:
-            for part in probs:
-                probs[part][:, j] = y[:, j].mean()
+        if rare(y[:, j]):
+            models.append(float(y[:, j].mean()))
             rounds.append(0)
             continue
         model, r = _boost(p, X, y[:, j].astype(np.int64), y_val[:, j].astype(np.int64), seed)
-        for part in probs:
-            probs[part][:, j] = model.predict_proba(X[part])[:, 1]
+        models.append(model)
         rounds.append(r)
-    return probs, {"rounds": rounds}
+    return PerColumn(models), {"rounds": rounds}
 
 
 def _calibrated_svc(p: TfidfSVM, X_train, y: np.ndarray, seed: int):
@@ -285,7 +279,7 @@ def _calibrated_svc(p: TfidfSVM, X_train, y: np.ndarray, seed: int):
     return CalibratedClassifierCV(svc, method=p.calibration, cv=folds).fit(X_train, y)
 
 
-def fit_svm(p: TfidfSVM, X: dict, y: np.ndarray, n_classes: int, multilabel: bool, seed: int) -> tuple[dict, dict]:
+def fit_svm(p: TfidfSVM, X: dict, y: np.ndarray, n_classes: int, multilabel: bool, seed: int) -> tuple[object, dict]:
     """Calibrated one-vs-rest LinearSVC; multi-label: one per label, and a label with fewer positives (or
     negatives) than 2 in the fold's training rows predicts its training rate."""
     if not multilabel:
@@ -294,19 +288,10 @@ def fit_svm(p: TfidfSVM, X: dict, y: np.ndarray, n_classes: int, multilabel: boo
         counts = np.bincount(y, minlength=n_classes)
         keep = counts[y] >= 2
         model = _calibrated_svc(p, X["train"][keep], y[keep], seed)
-        return {part: full_columns(model.predict_proba(X[part]), model.classes_, n_classes)
-                for part in ("val", "test")}, {"classes_left_out": int(((counts > 0) & (counts < 2)).sum())}
-    probs = {part: np.zeros((X[part].shape[0], y.shape[1]), dtype=np.float32) for part in ("val", "test")}
-    for j in range(y.shape[1]):
-        pos = y[:, j].sum()
-        if min(pos, len(y) - pos) < 2:
-            for part in probs:
-                probs[part][:, j] = y[:, j].mean()
-            continue
-        model = _calibrated_svc(p, X["train"], y[:, j].astype(np.int64), seed)
-        for part in probs:
-            probs[part][:, j] = model.predict_proba(X[part])[:, 1]
-    return probs, {}
+        return AllClasses(model, n_classes), {"classes_left_out": int(((counts > 0) & (counts < 2)).sum())}
+    models = [float(y[:, j].mean()) if rare(y[:, j]) else _calibrated_svc(p, X["train"], y[:, j].astype(np.int64), seed)
+              for j in range(y.shape[1])]
+    return PerColumn(models), {}
 
 
 def nb_ratio(X, y01: np.ndarray, alpha: float) -> np.ndarray:
@@ -316,26 +301,23 @@ def nb_ratio(X, y01: np.ndarray, alpha: float) -> np.ndarray:
     return (np.log(pos / pos.sum()) - np.log(neg / neg.sum())).astype(np.float32)
 
 
-def _nb_one(p: NBSVM, X: dict, y01: np.ndarray, seed: int) -> dict:
-    """One binary NB-weighted LogisticRegression -> P(positive) for val and test."""
+def _nb_one(p: NBSVM, X_train, y01: np.ndarray, seed: int) -> tuple[object, np.ndarray | None]:
+    """One binary NB-weighted LogisticRegression and its feature scaling (a constant when y01 is)."""
     from sklearn.linear_model import LogisticRegression
     if y01.min() == y01.max():  # a label absent (or everywhere) in this fold's training rows
-        return {part: np.full(X[part].shape[0], float(y01[0]), dtype=np.float32) for part in ("val", "test")}
-    r = sp.diags(nb_ratio(X["train"], y01, p.alpha))
+        return float(y01[0]), np.ones(X_train.shape[1], dtype=np.float32)
+    r = nb_ratio(X_train, y01, p.alpha)
     lr = LogisticRegression(C=p.C, solver="liblinear", dual=True, max_iter=p.max_iter, random_state=seed)
-    lr.fit(X["train"] @ r, y01)
-    return {part: lr.predict_proba(X[part] @ r)[:, 1].astype(np.float32) for part in ("val", "test")}
+    return lr.fit(X_train @ sp.diags(r), y01), r
 
 
-def fit_nbsvm(p: NBSVM, X: dict, y: np.ndarray, n_classes: int, multilabel: bool, seed: int) -> tuple[dict, dict]:
+def fit_nbsvm(p: NBSVM, X: dict, y: np.ndarray, n_classes: int, multilabel: bool, seed: int) -> tuple[object, dict]:
     """One NB-weighted binary model per class or label; multi-class rows renormalised to sum to 1."""
     from joblib import Parallel, delayed
     Y = y if multilabel else np.eye(n_classes, dtype=np.int64)[y]
-    cols = Parallel(n_jobs=p.n_jobs)(delayed(_nb_one)(p, X, Y[:, j].astype(np.int64), seed) for j in range(n_classes))
-    probs = {part: np.stack([c[part] for c in cols], axis=1) for part in ("val", "test")}
-    if not multilabel:
-        probs = {part: q / np.clip(q.sum(1, keepdims=True), 1e-12, None) for part, q in probs.items()}
-    return probs, {}
+    fits = Parallel(n_jobs=p.n_jobs)(delayed(_nb_one)(p, X["train"], Y[:, j].astype(np.int64), seed)
+                                     for j in range(n_classes))
+    return PerColumn([m for m, _ in fits], [r for _, r in fits], normalize=not multilabel), {}
 
 
 def fit_embed_lr(p: EmbedLR, E: dict, y: np.ndarray, n_classes: int, multilabel: bool, seed: int):
@@ -347,44 +329,72 @@ def fit_embed_lr(p: EmbedLR, E: dict, y: np.ndarray, n_classes: int, multilabel:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Label .* is present in all training examples")
         model.fit(E["train"], y)
-    probs = {part: model.predict_proba(E[part]) for part in ("val", "test")}
-    if not multilabel:
-        probs = {part: full_columns(q, model.classes_, n_classes) for part, q in probs.items()}
-    return probs, {}
+    return (model if multilabel else AllClasses(model, n_classes)), {}
 
 
-def reduce_svd(X: dict, k: int, seed: int) -> dict:
-    """TruncatedSVD fitted on the training rows only -> dense float32 [n, k] per part."""
-    from sklearn.decomposition import TruncatedSVD
-    svd = TruncatedSVD(n_components=min(k, X["train"].shape[1] - 1), random_state=seed)
-    out = {"train": svd.fit_transform(X["train"])}
-    out.update({part: svd.transform(m) for part, m in X.items() if part != "train"})
-    return {part: m.astype(np.float32) for part, m in out.items()}
+class SVDProjection:
+    """TruncatedSVD fitted on the fold's training rows -> dense float32 [n, k]."""
+
+    def __init__(self, X_train, k: int, seed: int):
+        from sklearn.decomposition import TruncatedSVD
+        self.svd = TruncatedSVD(n_components=min(k, X_train.shape[1] - 1), random_state=seed).fit(X_train)
+
+    def transform(self, X) -> np.ndarray:
+        return self.svd.transform(X).astype(np.float32)
+
+
+@dataclass
+class FittedMember:
+    """One fold's fitted classical model, texts -> probabilities [n, C]: kept as <out-dir>/fold<k>.joblib so that
+    `make predict` applies exactly what produced the fold's OOF and test arrays."""
+    kind: str
+    params: object
+    features: Vectorizer | None    # None for embed_lr: its features are the encoder's pooled embeddings
+    svd: SVDProjection | None
+    estimator: object              # predict_proba(features) -> [n, C], every class / label
+
+    def features_of(self, texts: list[str], embed=None):
+        """`embed(texts)` supplies embed_lr's embeddings (hidden_cache.embed_texts or the fold's cached table)."""
+        X = embed(texts) if self.features is None else self.features.transform(texts)
+        return self.svd.transform(X) if self.svd is not None else X
+
+    def predict(self, texts: list[str], embed=None) -> np.ndarray:
+        return np.asarray(self.estimator.predict_proba(self.features_of(texts, embed)), dtype=np.float32)
+
+
+FITS = {"tfidf_lr": fit_lr, "tfidf_svm": fit_svm, "nbsvm": fit_nbsvm, "embed_lr": fit_embed_lr}
+
+
+def fit_member(cfg, comp, texts: dict, ys: dict, n_classes: int, seed: int, cache=None):
+    """Fit on texts['train'] -> (FittedMember, {part: features} for every part, info)."""
+    p = parse_params(cfg)
+    features = None if cfg.kind == "embed_lr" else Vectorizer(p, texts["train"])
+    member = FittedMember(cfg.kind, p, features, None, None)
+    X = {part: member.features_of(rows, cache.embed if cache else None) for part, rows in texts.items()}
+    if cfg.kind == "tfidf_lgbm" and p.svd_components:
+        member.svd = SVDProjection(X["train"], p.svd_components, seed)
+        X = {part: member.svd.transform(m) for part, m in X.items()}
+    if cfg.kind in FITS:
+        member.estimator, info = FITS[cfg.kind](p, X, ys["train"], n_classes, comp.multilabel, seed)
+    else:
+        member.estimator, info = fit_lgbm(p, X, ys["train"], ys["val"], n_classes, comp.multilabel, seed)
+    n_features = cache.width if features is None else features.n_features
+    return member, X, {"n_features": n_features, **info}
 
 
 def fit_predict(cfg, comp, texts: dict, ys: dict, n_classes: int, log_path, seed: int, cache=None) -> dict:
-    """One fold: texts/ys keyed by train / val (/ test) -> {"val", "test", "score", timings, "history"}."""
-    p = parse_params(cfg)
+    """One fold: texts/ys keyed by train / val (/ test) -> {"val", "test", "score", "model", timings, "history"}."""
     t0 = time.perf_counter()
-    if cfg.kind == "embed_lr":  # `cache` is the per-text embedding table (hidden_cache.open_pooled)
-        X, n_features = {part: cache.embed(rows) for part, rows in texts.items()}, cache.width
-    else:
-        X, n_features = vectorize(p, texts)
+    member, X, info = fit_member(cfg, comp, texts, ys, n_classes, seed, cache)
     t1 = time.perf_counter()
-    fits = {"tfidf_lr": fit_lr, "tfidf_svm": fit_svm, "nbsvm": fit_nbsvm, "embed_lr": fit_embed_lr}
-    if cfg.kind in fits:
-        probs, info = fits[cfg.kind](p, X, ys["train"], n_classes, comp.multilabel, seed)
-    else:
-        if p.svd_components:
-            X = reduce_svd(X, p.svd_components, seed)
-        probs, info = fit_lgbm(p, X, ys["train"], ys["val"], n_classes, comp.multilabel, seed)
+    val, test = (np.asarray(member.estimator.predict_proba(X[part]), dtype=np.float32) for part in ("val", "test"))
     t2 = time.perf_counter()
-    val, test = (np.asarray(probs[part], dtype=np.float32) for part in ("val", "test"))
     assert val.shape == (len(texts["val"]), n_classes), f"val probabilities {val.shape}, expected {n_classes} columns"
     score = metrics.score(comp.metric, ys["val"], val, comp.multilabel)
-    row = {"n_features": n_features, "vectorize_secs": t1 - t0, "fit_secs": t2 - t1, comp.metric: score, **info}
+    row = {**info, "fit_secs": t1 - t0, "predict_secs": t2 - t1, comp.metric: score}
     with open(log_path, "w") as log:
         log.write(json.dumps(row) + "\n")
-    print(f"  {cfg.kind}: {n_features} features ({t1 - t0:.0f}s), fit + predict {t2 - t1:.0f}s, "
+    print(f"  {cfg.kind}: {info['n_features']} features, fit {t1 - t0:.0f}s, predict {t2 - t1:.0f}s, "
           f"val {comp.metric} {score:.4f}")
-    return {"val": val, "test": test, "score": score, "history": [row], **{k: row[k] for k in row if "secs" in k}}
+    return {"val": val, "test": test, "score": score, "history": [row], "model": member,
+            **{k: row[k] for k in row if "secs" in k}}

@@ -57,7 +57,15 @@ def main(argv=None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("init", help="scaffold a workspace").add_argument("dir", type=Path)
-    args = ap.parse_args(argv)
+    # the stages' own parsers take the rest (`foldstack predict --help`)
+    sub.add_parser("predict", help="predict a test file (python -m foldstack.predict)", add_help=False)
+    sub.add_parser("export", help="write an offline bundle (python -m foldstack.bundle)", add_help=False)
+    args, rest = ap.parse_known_args(argv)
+    if args.command in ("predict", "export"):
+        from . import bundle, predict
+        return (predict.main if args.command == "predict" else bundle.main)(rest)
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
     init(args.dir)
     print(f"workspace {args.dir}: put train/test/sample_submission in data/raw/, edit data/competition.yaml, "
           f"`make -C {args.dir} prep` (it recommends max_len and truncation for models/minilm_bilstm.yaml), "

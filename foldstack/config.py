@@ -116,7 +116,8 @@ class Model:
     freeze_layers: int = 0         # embeddings + this many lowest layers frozen; their outputs cached once for all folds
     seeds: tuple[int, ...] = ()    # several seeds per fold, probabilities averaged (empty: just `seed`)
     eval_batch_size: int = 64
-    save_checkpoint: bool = False  # also write the best weights to models/<name>/fold<k>.pt
+    keep_models: bool = True       # keep each fold's fitted model beside its OOF part (folds/<m>/fold<k>.safetensors
+    #                                or .joblib): `make predict` and `make export` need them; false: OOF arrays only
     seed: int = 42
     params: dict = field(default_factory=dict)  # kind-specific options of classical models
 

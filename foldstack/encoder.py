@@ -54,14 +54,22 @@ def attention_kernel(setting: str) -> str | None:
     return None if setting == "auto" else setting
 
 
-def load_encoder(name: str, attention_dropout: float | None = None, attention: str | None = None) -> nn.Module:
-    """The pretrained encoder without its pooler (no head here uses it, and unused weights get no gradient)."""
+def load_encoder(name: str, attention_dropout: float | None = None, attention: str | None = None,
+                 pretrained: bool = True) -> nn.Module:
+    """The pretrained encoder without its pooler (no head here uses it, and unused weights get no gradient).
+    pretrained=False: the same architecture from the backbone's config alone, randomly initialised (a fold's saved
+    state dict then fills every tensor: a bundle needs no copy of the backbone's weights)."""
     from transformers import AutoConfig, AutoModel
     quiet_transformers()
     path = resolve_backbone(name)
     cfg = AutoConfig.from_pretrained(path)
     if attention_dropout is not None:
         cfg.attention_probs_dropout_prob = attention_dropout
+    if not pretrained:
+        try:
+            return AutoModel.from_config(cfg, add_pooling_layer=False, attn_implementation=attention)
+        except TypeError:
+            return AutoModel.from_config(cfg, attn_implementation=attention)
     try:
         return AutoModel.from_pretrained(path, config=cfg, add_pooling_layer=False, attn_implementation=attention)
     except TypeError:  # encoders without a pooler option
@@ -199,10 +207,11 @@ class Classifier(nn.Module):
         return masked_mean(self.lstm(hidden, mask), mask)
 
 
-def build_model(cfg, n_out: int) -> Classifier:
+def build_model(cfg, n_out: int, pretrained: bool = True) -> Classifier:
     """A fresh classifier: pretrained encoder weights (attention kernel per cfg.attention), the embeddings and the
-    lowest cfg.freeze_layers layers frozen, newly initialised head (seeded by the caller)."""
-    encoder = load_encoder(cfg.backbone, cfg.attention_dropout, attention_kernel(cfg.attention))
+    lowest cfg.freeze_layers layers frozen, newly initialised head (seeded by the caller). pretrained=False: the
+    same modules for a saved state dict to fill (foldstack.predict)."""
+    encoder = load_encoder(cfg.backbone, cfg.attention_dropout, attention_kernel(cfg.attention), pretrained)
     if cfg.max_len > usable_positions(encoder.config):
         raise ValueError(f"max_len {cfg.max_len} exceeds the {usable_positions(encoder.config)} positions of "
                          f"backbone {cfg.backbone!r}")

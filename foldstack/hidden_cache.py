@@ -202,10 +202,23 @@ def pool(encoder, seqs: list[np.ndarray], pad_id: int, max_len: int, batch_size:
     return out
 
 
-def open_pooled(p, texts: list[str], root: Path) -> PooledEmbeddings:
-    """embed_lr's embeddings of `texts` (params `p`: backbone, max_len, truncation, normalize), built once."""
+def embed_texts(p, texts: list[str]) -> np.ndarray:
+    """embed_lr's embeddings [n, H] float32 of any texts (params `p`: backbone, max_len, truncation, normalize)."""
     from .batching import encode
-    from .encoder import load_encoder, load_tokenizer, resolve_backbone
+    from .encoder import load_encoder, load_tokenizer
+    tokenizer = load_tokenizer(p.backbone)
+    seqs = encode(tokenizer, texts, p.max_len, p.truncation)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    encoder = load_encoder(p.backbone).to(device).eval()
+    table = pool(encoder, seqs, tokenizer.pad_token_id, p.max_len, p.batch_size)
+    if p.normalize:
+        table /= np.clip(np.linalg.norm(table, axis=1, keepdims=True), 1e-12, None)
+    return table
+
+
+def open_pooled(p, texts: list[str], root: Path) -> PooledEmbeddings:
+    """embed_texts over `texts`, computed once and kept in `root` (key: the backbone's files, the params, texts)."""
+    from .encoder import resolve_backbone
     from .io import atomic_path
     settings = {"backbone": backbone_digest(resolve_backbone(p.backbone)), "max_len": p.max_len,
                 "truncation": p.truncation, "normalize": p.normalize}
@@ -213,13 +226,7 @@ def open_pooled(p, texts: list[str], root: Path) -> PooledEmbeddings:
     with build_lock(path):
         if not path.exists():
             t0 = time.perf_counter()
-            tokenizer = load_tokenizer(p.backbone)
-            seqs = encode(tokenizer, texts, p.max_len, p.truncation)
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            encoder = load_encoder(p.backbone).to(device).eval()
-            table = pool(encoder, seqs, tokenizer.pad_token_id, p.max_len, p.batch_size)
-            if p.normalize:
-                table /= np.clip(np.linalg.norm(table, axis=1, keepdims=True), 1e-12, None)
+            table = embed_texts(p, texts)
             with atomic_path(path) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, table)
             print(f"  embeddings {path.name}: {len(texts)} texts in {time.perf_counter() - t0:.0f}s")

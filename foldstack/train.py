@@ -5,7 +5,8 @@ Reads  models/<m>.yaml, data/competition.yaml, data/processed/{train,test}.parqu
 Writes <out-dir>/fold<k>.npz   val_idx [n_val] (rows of train.parquet), val [n_val, C], test [n_test, C]
        <out-dir>/fold<k>.json  validation score, best epoch, timings, per-epoch history
        <out-dir>/fold<k>.log   one JSON line per epoch, written as training goes
-       models/<m>/fold<k>.pt   the best weights, when the model sets save_checkpoint
+       <out-dir>/fold<k>.safetensors | .joblib   the fold's fitted model (foldstack.fold_models; keep_models: false
+                               skips it), read by `make predict` and `make export`
 Run    python -m foldstack.train --model=models/minilm_bilstm.yaml --fold=0 --out-dir=folds/minilm_bilstm \
            [--pseudo=features/pseudo_r1.parquet] [--epochs=1 --max_len=128 ...]   (overrides are checked like the
            YAML's keys)
@@ -29,6 +30,7 @@ import pandas as pd
 import torch
 
 from . import __version__, config
+from . import fold_models
 from .folds import read_fold_ids, targets, training_mask
 from .io import InputError, atomic_path, save_json
 from .pseudo import join_targets, read_pseudo, training_rows
@@ -52,7 +54,9 @@ def fit_transformer(cfg, comp, texts: dict, ys: dict, n_classes: int, log_path: 
     if comp.multilabel:
         init_label_priors(model, ys["train"])
     data = FoldData(ids["train"], ys["train"], ids["val"], ys["val"], ids["test"])
-    return fit(model, data, cfg, comp.metric, comp.multilabel, tokenizer.pad_token_id, log_path, seed)
+    res = fit(model, data, cfg, comp.metric, comp.multilabel, tokenizer.pad_token_id, log_path, seed)
+    res["model"] = res.pop("weights")  # the best epoch's state dict
+    return res
 
 
 def fit_classical(cfg, comp, texts: dict, ys: dict, n_classes: int, log_path: Path, seed: int, cache=None) -> dict:
@@ -108,7 +112,7 @@ def average_seeds(runs: list[dict], comp, val_y: np.ndarray) -> dict:
     val = np.mean([r["val"] for r in runs], axis=0)
     return {**runs[0], "val": val, "test": np.mean([r["test"] for r in runs], axis=0),
             "score": metrics.score(comp.metric, val_y, val, comp.multilabel),
-            "seed_scores": [r["score"] for r in runs], "weights": [r.get("weights") for r in runs],
+            "seed_scores": [r["score"] for r in runs], "model": [r.get("model") for r in runs],
             "history": [r["history"] for r in runs]}
 
 
@@ -138,17 +142,8 @@ def open_cache(cfg, train: pd.DataFrame, test: pd.DataFrame, extra: pd.DataFrame
     return cache
 
 
-def save_weights(weights, folder: Path, fold: int) -> None:
-    """models/<m>/fold<k>.pt, or fold<k>.s<i>.pt per seed when the model averages seeds."""
-    named = {f"fold{fold}.pt": weights} if isinstance(weights, dict) else \
-        {f"fold{fold}.s{i}.pt": w for i, w in enumerate(weights) if w is not None}
-    for filename, w in named.items():
-        with atomic_path(folder / filename) as tmp:
-            torch.save(w, tmp)
-
-
 def write_fold(out: Path, fold: int, val_idx: np.ndarray, res: dict, summary: dict) -> None:
-    """fold<k>.json, then fold<k>.npz (the Make target) last."""
+    """fold<k>.json, then fold<k>.npz (the Make target) last: a fold whose model is kept has it on disk first."""
     save_json(out / f"fold{fold}.json", summary)
     with atomic_path(out / f"fold{fold}.npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, val_idx=val_idx, val=res["val"].astype(np.float32), test=res["test"].astype(np.float32))
@@ -164,7 +159,6 @@ def main(argv=None) -> None:
     ap.add_argument("--folds", default="folds/folds.csv")
     ap.add_argument("--features", default="features", help="where augmented sets <name>.parquet live")
     ap.add_argument("--pseudo", default=None, help="features/pseudo_r<r>.parquet: extra training rows per fold")
-    ap.add_argument("--checkpoint-dir", default=None, help="default: models/<name>")
     ap.add_argument("--cache-dir", default="features/cache",
                     help="frozen-layer caches (models with freeze_layers > 0), one directory per key")
     args, overrides = ap.parse_known_args(argv)
@@ -194,9 +188,9 @@ def main(argv=None) -> None:
     cache = open_cache(cfg, train, test, extra, Path(args.cache_dir), len(classes))
     val_idx, res = run_fold(cfg, comp, train, test, fold_of, args.fold, len(classes), out / f"fold{args.fold}.log",
                             extra, pseudo, cache)
-    weights = res.pop("weights", None)
-    if cfg.save_checkpoint and weights is not None:
-        save_weights(weights, Path(args.checkpoint_dir or Path("models") / name), args.fold)
+    fitted = res.pop("model", None)
+    if cfg.keep_models and fitted is not None:
+        fold_models.save(fitted, out, args.fold)
     summary = {k: v for k, v in res.items() if k not in ("val", "test")}
     summary.update(model=name, fold=args.fold, metric=comp.metric, config_hash=config.config_hash(cfg),
                    version=__version__, secs=time.perf_counter() - start, threads=torch.get_num_threads(),

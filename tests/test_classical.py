@@ -52,7 +52,7 @@ def test_multiclass_fold_contract(kind, tmp_path, tiny_bert, cache_for):
     # a random tiny encoder's embeddings carry less of the class words than n-grams do
     assert res["score"] > (0.6 if kind == "embed_lr" else 0.8), "class-dependent words must be learnable"
     assert res["score"] == pytest.approx((res["val"].argmax(1) == y[150:200]).mean())
-    assert "vectorize_secs" in res and (tmp_path / "f.log").read_text().strip()
+    assert "fit_secs" in res and (tmp_path / "f.log").read_text().strip()
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -91,9 +91,9 @@ def test_competition_lists_and_checks(tmp_path):
 
 def test_off_and_on_stay_strings_in_yaml_and_overrides(tmp_path):
     path = tmp_path / "m.yaml"
-    path.write_text("amp: off\nsave_checkpoint: true\n")
+    path.write_text("amp: off\nkeep_models: false\n")
     cfg = config.load(config.Model, path, config.parse_overrides(["--attention=eager"]))
-    assert cfg.amp == "off" and cfg.save_checkpoint is True
+    assert cfg.amp == "off" and cfg.keep_models is False
     assert config.load(config.Model, path, config.parse_overrides(["--amp=off"])).amp == "off"
 
 

@@ -1,0 +1,239 @@
+"""export stage: everything `foldstack predict` needs, in one folder that runs offline without the workspace.
+
+Reads  the workspace's data/competition.yaml, data/processed/classes.json, ensemble[/r<r>]/<method>/ (scores.json,
+       blender.pkl) and leaderboard.json, and for each of the method's members models/<m>.yaml and
+       folds/<m>[/r<r>]/ (manifest.json and every fold's model file), each transformer's tokenizer and config (an
+       embed_lr member's whole encoder), WordNet when a member reads lemmas
+Writes DIR/ laid out like a workspace of one round and one method:
+         data/competition.yaml  data/processed/classes.json  models/<m>.yaml  folds/<m>/{manifest.json,fold<k>.*}
+         ensemble/<method>/{scores.json,blender.pkl}  backbones/<m>/  nltk_data/  wheels/foldstack-*.whl
+         manifest.json (last): foldstack and library versions, the method, its members, each file's SHA-256
+Run    make export DIR=bundle [ROUND=r] [METHOD=m] [HALF=fp16|bf16]
+       python -m foldstack.bundle --out=bundle [--round=r] [--method=m] [--half=fp16]
+Use    on the offline machine: pip install --no-deps DIR/wheels/foldstack-*.whl (torch, transformers, scikit-learn,
+       lightgbm, pandas, nltk installed), then foldstack predict --bundle=DIR new_test.csv --out=submission.csv
+
+A bundle holds pickled scikit-learn objects (fold<k>.joblib, blender.pkl): loading a pickle can run code, so a bundle
+is trusted code, like a notebook. `verify` checks every file's hash against the manifest before anything is loaded,
+which catches corruption and edits, not a forged manifest: only use bundles you made or trust.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__, config, fold_models
+from .io import InputError, save_json
+
+FORMAT = 1
+PINNED = ("scikit-learn", "lightgbm")  # their pickles must be read by the version that wrote them
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where predict finds each file: a workspace (round r) or an export bundle (one round, flattened)."""
+    root: Path
+    round: int = 0
+    is_bundle: bool = False
+
+    def _round(self, path: Path) -> Path:
+        return path if self.round == 0 or self.is_bundle else path / f"r{self.round}"
+
+    @property
+    def competition(self) -> Path:
+        return self.root / "data" / "competition.yaml"
+
+    @property
+    def classes(self) -> Path:
+        return self.root / "data" / "processed" / "classes.json"
+
+    def model_yaml(self, member: str) -> Path:
+        return self.root / "models" / f"{member}.yaml"
+
+    def member_dir(self, member: str) -> Path:
+        return self._round(self.root / "folds" / member)
+
+    @property
+    def ensemble_dir(self) -> Path:
+        return self._round(self.root / "ensemble")
+
+    def backbone(self, member: str) -> Path | None:
+        """The bundle's copy of a member's backbone files, or None (the model YAML's backbone is used)."""
+        path = self.root / "backbones" / member
+        return path if self.is_bundle and path.is_dir() else None
+
+    @property
+    def nltk_data(self) -> Path | None:
+        path = self.root / "nltk_data"
+        return path if self.is_bundle and path.is_dir() else None
+
+
+def chosen_method(layout: Layout, method: str | None) -> str:
+    if method:
+        return method
+    board = layout.ensemble_dir / "leaderboard.json"
+    if not board.exists():
+        raise InputError(f"{board} not found: run `make submit` first (or name a method)")
+    return json.loads(board.read_text())["chosen"]
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def library_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for name in ("torch", "transformers", "tokenizers", *PINNED, "numpy", "pandas", "nltk", "safetensors"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def verify(root: Path) -> dict:
+    """The bundle's manifest, after checking versions and every file's presence and hash; InputError otherwise."""
+    path = Path(root) / "manifest.json"
+    if not path.exists():
+        raise InputError(f"{path}: not found: {root} is not a foldstack bundle (make export DIR=...)")
+    man = json.loads(path.read_text())
+    if man.get("format") != FORMAT or man.get("foldstack") != __version__:
+        raise InputError(f"{path}: made by foldstack {man.get('foldstack')} (format {man.get('format')}); this is "
+                         f"foldstack {__version__}: install the wheel in {root}/wheels/")
+    here = library_versions()
+    for name in PINNED:
+        if man["versions"].get(name) != here[name]:
+            raise InputError(f"{path}: made with {name} {man['versions'].get(name)}, this machine has {here[name]} "
+                             f"(its pickles need the same version: pip install {name}=={man['versions'].get(name)})")
+    for rel, digest in man["files"].items():
+        f = Path(root) / rel
+        if not f.exists():
+            raise InputError(f"{f}: missing from the bundle (listed in its manifest.json)")
+        if sha256(f) != digest:
+            raise InputError(f"{f}: its SHA-256 differs from the bundle's manifest.json (changed since export)")
+    return man
+
+
+def copy_member(layout: Layout, member: str, out: Path, half: str | None) -> None:
+    """models/<m>.yaml, folds/<m>/manifest.json and every fold's model (half: float16/bfloat16 weights)."""
+    from .classical import parse_params
+    src = layout.member_dir(member)
+    man = json.loads((src / "manifest.json").read_text())
+    cfg = config.load(config.Model, layout.model_yaml(member))
+    if config.config_hash(cfg) != man["config_hash"]:
+        raise InputError(f"{layout.model_yaml(member)}: changed since {src} was trained (re-run make folds)")
+    shutil.copy(layout.model_yaml(member), out / "models" / f"{member}.yaml")
+    dest = out / "folds" / member
+    dest.mkdir(parents=True)
+    shutil.copy(src / "manifest.json", dest / "manifest.json")
+    for k in range(len(man["fold_scores"])):
+        found = fold_models.files(src, k)
+        if not found:
+            raise InputError(f"{src}/fold{k}: no saved model (trained with keep_models: false? re-run make folds)")
+        for f in found:
+            if f.suffix == ".safetensors" and half:
+                fold_models.save_half(f, dest / f.name, half)
+            else:
+                shutil.copy(f, dest / f.name)
+    if cfg.kind == "transformer":
+        save_backbone(cfg.backbone, out / "backbones" / member, weights=False)
+    elif cfg.kind == "embed_lr":
+        save_backbone(parse_params(cfg).backbone, out / "backbones" / member, weights=True)
+
+
+def save_backbone(name: str, dest: Path, weights: bool) -> None:
+    """The tokenizer and the encoder's config (and with `weights` the encoder itself) into dest, offline-loadable."""
+    from transformers import AutoConfig
+
+    from .encoder import load_encoder, load_tokenizer, resolve_backbone
+    load_tokenizer(name).save_pretrained(dest)
+    if weights:
+        load_encoder(name).save_pretrained(dest)
+    else:
+        AutoConfig.from_pretrained(resolve_backbone(name)).save_pretrained(dest)
+
+
+def copy_wordnet(out: Path) -> None:
+    """The NLTK WordNet corpus the lemmatizer reads, so a lemma member works where `make setup` never ran."""
+    import nltk
+    corpus = Path(nltk.data.find("corpora/wordnet"))
+    shutil.copytree(corpus, out / "nltk_data" / "corpora" / "wordnet")
+
+
+def build_wheel(out: Path) -> None:
+    """foldstack itself as a wheel (best effort: needs the source tree this package was installed from)."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "pyproject.toml").exists():
+        print("export: no foldstack source tree here; install foldstack on the offline machine yourself")
+        return
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                           "-w", str(out / "wheels"), str(root)], capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"export: could not build the foldstack wheel ({done.stderr.strip().splitlines()[-1:]})")
+
+
+def export(layout: Layout, method: str | None, out: Path, half: str | None = None) -> dict:
+    """Copy what `method` needs into `out` (which must not exist) and write its manifest last; returns it."""
+    method = chosen_method(layout, method)
+    scores_path = layout.ensemble_dir / method / "scores.json"
+    if not scores_path.exists():
+        raise InputError(f"{scores_path} not found: run `make submit` (or make {scores_path}) first")
+    if out.exists():
+        raise InputError(f"{out}: already exists; a bundle is written into a new folder")
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for folder in ("data/processed", "models", "folds", f"ensemble/{method}"):
+        (tmp / folder).mkdir(parents=True)
+    shutil.copy(layout.competition, tmp / "data" / "competition.yaml")
+    shutil.copy(layout.classes, tmp / "data" / "processed" / "classes.json")
+    for name in ("scores.json", "blender.pkl"):
+        shutil.copy(layout.ensemble_dir / method / name, tmp / "ensemble" / method / name)
+    save_json(tmp / "ensemble" / "leaderboard.json", {"chosen": method})
+    members = json.loads(scores_path.read_text())["members"]
+    lemma = False
+    for member in members:
+        copy_member(layout, member, tmp, half)
+        lemma |= config.load(config.Model, layout.model_yaml(member)).text == "lemma"
+    if lemma:
+        copy_wordnet(tmp)
+    build_wheel(tmp)
+    files = {str(p.relative_to(tmp)): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+    man = {"format": FORMAT, "foldstack": __version__, "versions": library_versions(), "method": method,
+           "members": members, "round": layout.round, "half": half, "files": files,
+           "bytes": sum((tmp / rel).stat().st_size for rel in files)}
+    save_json(tmp / "manifest.json", man)
+    tmp.rename(out)  # the folder appears whole, or not at all
+    return man
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="the bundle folder to create (must not exist)")
+    ap.add_argument("--workspace", default=".", help="the workspace holding data/, models/, folds/, ensemble/")
+    ap.add_argument("--round", type=int, default=0, help="pseudo-label round whose models and blend to export")
+    ap.add_argument("--method", default=None, help="the blend to export (default: the leaderboard's chosen one)")
+    ap.add_argument("--half", choices=("fp16", "bf16"), default=None,
+                    help="store transformer weights in half precision (half the size; predictions within ~1e-3)")
+    args = ap.parse_args(argv)
+    layout = Layout(Path(args.workspace), args.round)
+    try:
+        man = export(layout, args.method, Path(args.out), args.half)
+    except (InputError, config.ConfigError) as err:
+        sys.exit(f"error: {err}")
+    print(f"export: {args.out} ({man['method']} of {len(man['members'])} members, {len(man['files'])} files, "
+          f"{man['bytes'] / 2**20:.1f} MiB)")
+
+
+if __name__ == "__main__":
+    main()

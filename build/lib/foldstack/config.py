@@ -1,0 +1,247 @@
+"""Stage configs: YAML files loaded into frozen dataclasses; unknown keys and wrong types are errors.
+
+`data/competition.yaml` describes the competition (files, columns, task, metric, folds); `models/<name>.yaml`
+describes one base model. Every error names the file and the key. `--key=value` overrides given on a command line
+go through the same checks as the YAML (see `load`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class Loader(yaml.SafeLoader):
+    """YAML with only true / false as booleans (YAML 1.2): YAML 1.1 also reads on / off / yes / no as booleans, so
+    `amp: off` or `--amp=off` would arrive as False and fail the string check."""
+
+
+Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                             list("tTfF"))
+
+
+def read_yaml(text: str):
+    return yaml.load(text, Loader=Loader)
+
+
+class ConfigError(ValueError):
+    """A config file is wrong; the message names the file and the key."""
+
+
+TASKS = ("multiclass", "binary", "multilabel")
+METRICS = ("accuracy", "macro_f1", "micro_f1", "log_loss")
+
+
+@dataclass(frozen=True)
+class Competition:
+    """data/competition.yaml: where the files are and what they mean."""
+    train: str = "data/raw/train.csv"
+    test: str = "data/raw/test.csv"
+    sample_submission: str = "data/raw/sample_submission.csv"
+    sep: str = ","                 # "\t" for TSV files such as iFLYTEK's
+    id: str = "id"
+    text: tuple[str, ...] = ("text",)  # joined with the tokenizer's separator (title + abstract)
+    label: tuple[str, ...] = ("label",)  # one column, or one 0/1 column per label (multilabel)
+    label_sep: str = " "           # multilabel in one column: labels split on this ("earn acq")
+    task: str = "multiclass"
+    group: str | None = None       # rows sharing a group stay in one fold
+    metric: str = "accuracy"
+    n_folds: int = 5
+    seed: int = 42
+    submission_values: str = "label"  # label | probability (binary: P(positive); multiclass: one column per class)
+
+    def check(self) -> list[tuple[str, str]]:
+        """(key, problem) pairs; empty when the config is consistent."""
+        bad = []
+        if self.task not in TASKS:
+            bad.append(("task", f"must be one of {', '.join(TASKS)}"))
+        if self.metric not in METRICS:
+            bad.append(("metric", f"must be one of {', '.join(METRICS)}"))
+        if self.n_folds < 2:
+            bad.append(("n_folds", "must be at least 2"))
+        if not self.text:
+            bad.append(("text", "name at least one text column"))
+        if len(self.label) > 1 and self.task != "multilabel":
+            bad.append(("label", "several label columns only make sense with task: multilabel"))
+        if self.submission_values not in ("label", "probability"):
+            bad.append(("submission_values", "must be label or probability"))
+        return bad
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multilabel"
+
+
+AMP = ("auto", "bf16", "fp16", "off")
+HEADS = ("bilstm", "cls", "mean", "last4")
+TRUNCATION = ("head", "tail", "head_tail")
+ATTENTION = ("auto", "eager", "sdpa")
+KINDS = ("transformer", "tfidf_lr", "tfidf_lgbm", "tfidf_svm", "nbsvm", "embed_lr")
+
+
+@dataclass(frozen=True)
+class Model:
+    """models/<name>.yaml: one base model. Defaults follow the recipe (anchors.md)."""
+    kind: str = "transformer"      # transformer | tfidf_lr | tfidf_lgbm | tfidf_svm | nbsvm | embed_lr
+    backbone: str = "minilm"       # Hub id, local directory, or the alias minilm (installed offline)
+    head: str = "bilstm"
+    lstm_hidden: int = 256         # per direction
+    dropout: float = 0.1
+    attention: str = "auto"        # auto: transformers' default (SDPA) | eager (faster on CPU, more memory) | sdpa
+    attention_dropout: float | None = None  # None keeps the backbone's; 0 trains ~1.6x faster on CPU (offline.md)
+    max_len: int = 256
+    truncation: str = "head"       # head_tail keeps the first quarter and the last three quarters (Sun et al.)
+    epochs: int = 2
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 2e-5               # top encoder layer; lower layers get lr * layer_decay**depth
+    layer_decay: float = 0.95
+    head_lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup: float = 0.1            # fraction of optimizer steps
+    max_grad_norm: float = 1.0
+    amp: str = "auto"
+    text: str = "raw"              # raw | lemma
+    augment: tuple[str, ...] = ()  # augmented sets to train with: features/<name>.parquet (e.g. [eda, backtrans])
+    freeze_layers: int = 0         # embeddings + this many lowest layers frozen; their outputs cached once for all folds
+    seeds: tuple[int, ...] = ()    # several seeds per fold, probabilities averaged (empty: just `seed`)
+    eval_batch_size: int = 64
+    keep_models: bool = True       # keep each fold's fitted model beside its OOF part (folds/<m>/fold<k>.safetensors
+    #                                or .joblib): `make predict` and `make export` need them; false: OOF arrays only
+    seed: int = 42
+    params: dict = field(default_factory=dict)  # kind-specific options of classical models
+
+    def check(self) -> list[tuple[str, str]]:
+        bad = []
+        choices = {"kind": KINDS, "head": HEADS,
+                   "truncation": TRUNCATION, "amp": AMP, "attention": ATTENTION, "text": ("raw", "lemma")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                bad.append((key, f"must be one of {', '.join(allowed)}"))
+        for key in ("max_len", "epochs", "batch_size", "grad_accum", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                bad.append((key, "must be at least 1"))
+        if self.freeze_layers < 0:
+            bad.append(("freeze_layers", "must be 0 (train every layer) or more"))
+        if not 0 < self.layer_decay <= 1:
+            bad.append(("layer_decay", "must be in (0, 1]"))
+        if not 0 <= self.warmup < 1:
+            bad.append(("warmup", "must be in [0, 1)"))
+        return bad
+
+
+def coerce(value, hint, where: str):
+    """Check `value` against the type hint `hint`; lists become tuples, ints become floats."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return coerce(value, next(a for a in args if a is not type(None)), where)
+    if origin is tuple:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not items:
+            raise ConfigError(f"{where}: expected a name or a list of names, got {value!r}")
+        return tuple(coerce(v, args[0], where) for v in items)
+    if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:  # YAML 1.1 reads "2e-5" (no dot) as a string; every user writes it that way
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected float, got {value!r}") from None
+    base = origin or hint
+    if not isinstance(value, base) or (base is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {getattr(base, '__name__', base)}, got {value!r}")
+    return value
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """['--epochs=1', '--lr=3e-5'] -> {'epochs': 1, 'lr': 3e-5}; values are parsed as YAML scalars."""
+    out = {}
+    for arg in args:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ConfigError(f"override {arg!r}: expected --key=value")
+        key, value = arg[2:].split("=", 1)
+        out[key.replace("-", "_")] = read_yaml(value)
+    return out
+
+
+def load(cls, path: str | Path, overrides: dict | None = None):
+    """Read the YAML at `path` into the frozen dataclass `cls`, applying `overrides`; validate everything."""
+    path = Path(path)
+    try:
+        raw = read_yaml(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}".splitlines()[0]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of key: value")
+    raw.update(overrides or {})
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    values = {k: coerce(v, hints[k], f"{path}: key {k!r}") for k, v in raw.items()}
+    cfg = cls(**values)
+    for key, problem in cfg.check():
+        raise ConfigError(f"{path}: key {key!r} {problem} (got {getattr(cfg, key)!r})")
+    return cfg
+
+
+def config_hash(cfg) -> str:
+    """Short stable hash of a config's values, recorded in manifests to tell runs apart."""
+    blob = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+PRETRAIN_DIR = "models/pretrain"
+
+
+def model_deps(cfg: Model) -> list[str]:
+    """Files a model's fold targets depend on besides its YAML: features/<set>.parquet per augmented set, and
+    models/pretrain/<name>/done.json when its backbone (or embed_lr's) is a `make pretrain` output."""
+    deps = [f"features/{name}.parquet" for name in cfg.augment]
+    for backbone in (cfg.backbone, cfg.params.get("backbone")):
+        if isinstance(backbone, str) and Path(backbone).parent.as_posix() == PRETRAIN_DIR:
+            deps.append(f"{PRETRAIN_DIR}/{Path(backbone).name}/done.json")
+    return deps
+
+
+def main(argv=None) -> None:
+    """`python -m foldstack.config --make-vars data/competition.yaml` prints "n_folds train test sample" for Make;
+    `python -m foldstack.config --deps models/x.yaml` prints the files model x's fold targets depend on beyond
+    its YAML: its augmented sets (features/<set>.parquet) and a `make pretrain` backbone's done.json;
+    `python -m foldstack.config FILE [--model]` validates a config and prints it."""
+    import argparse
+    import sys
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("path")
+    ap.add_argument("--make-vars", action="store_true", help="print n_folds and the raw file paths (competition)")
+    ap.add_argument("--model", action="store_true", help="the file is a models/<name>.yaml")
+    ap.add_argument("--deps", action="store_true", help="print a model's augmented sets and pretrained backbone "
+                    "as Make prerequisites")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load(Model if args.model or args.deps else Competition, args.path)
+    except ConfigError as err:
+        sys.exit(f"error: {err}")
+    if args.deps:
+        print(" ".join(model_deps(cfg)))
+    elif args.make_vars:
+        print(cfg.n_folds, cfg.train, cfg.test, cfg.sample_submission)
+    else:
+        print(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), end="")
+
+
+if __name__ == "__main__":
+    main()

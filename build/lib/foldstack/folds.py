@@ -1,0 +1,96 @@
+"""folds stage: assign every original training row to one validation fold, once.
+
+Reads  data/processed/train.parquet, data/competition.yaml (n_folds, seed, task, group)
+Writes folds/folds.csv   id, fold   (row order of train.parquet)
+Run    python -m foldstack.folds --competition=data/competition.yaml --train=data/processed/train.parquet \
+           --out=folds/folds.csv
+
+StratifiedKFold for single-label tasks, StratifiedGroupKFold when a group column is set (a group never straddles
+folds), MultilabelStratifiedKFold (iterative stratification) for multi-label. All shuffled with the seed, so the
+same config always gives the same folds. Augmented and pseudo-labelled rows never get a fold of their own: an
+augmented row trains only folds where its source row is on the training side (see `training_mask`), a pseudo-labelled
+test row only the student fold it was labelled for (foldstack.pseudo); neither is ever validated.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import pandas as pd
+from . import config
+from .io import save_csv
+
+
+def label_matrix(labels, n_classes: int) -> np.ndarray:
+    """Lists of class indices -> 0/1 matrix [n_rows, n_classes]."""
+    y = np.zeros((len(labels), n_classes), dtype=np.float32)
+    for i, labs in enumerate(labels):
+        y[i, list(labs)] = 1.0
+    return y
+
+
+def targets(df: pd.DataFrame, n_classes: int, multilabel: bool) -> np.ndarray:
+    """Processed train rows -> class indices [n] (int64) or a 0/1 matrix [n, C] (float32)."""
+    if multilabel:
+        return label_matrix(df["labels"], n_classes)
+    return df["label"].to_numpy(dtype=np.int64)
+
+
+def read_fold_ids(folds_csv, train_ids: pd.Series) -> np.ndarray:
+    """folds.csv -> fold per row of train.parquet; InputError if the two disagree (stale folds)."""
+    from .io import InputError
+    folds = pd.read_csv(folds_csv, dtype={"id": str})
+    if len(folds) != len(train_ids) or not (folds["id"].to_numpy() == train_ids.astype(str).to_numpy()).all():
+        raise InputError(f"{folds_csv} does not match the processed train rows; re-run `make folds/folds.csv`")
+    return folds["fold"].to_numpy()
+
+
+def assign_folds(train: pd.DataFrame, comp: config.Competition, n_classes: int) -> np.ndarray:
+    """Fold number (0..n_folds-1) of every row of processed train."""
+    # Imported here: every training process imports this module for training_mask, and these cost ~1.5 s.
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+    k, seed = comp.n_folds, comp.seed
+    if comp.multilabel:
+        # iterative-stratification ignores random_state unless shuffle=True (a known trap).
+        splitter = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+        splits = splitter.split(np.zeros(len(train)), label_matrix(train["labels"], n_classes))
+    elif comp.group:
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        splits = splitter.split(np.zeros(len(train)), train["label"], groups=train["group"])
+    else:
+        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+        splits = splitter.split(np.zeros(len(train)), train["label"])
+    fold = np.full(len(train), -1, dtype=np.int64)
+    for f, (_, val_idx) in enumerate(splits):
+        fold[val_idx] = f
+    assert (fold >= 0).all(), "a row got no fold"
+    return fold
+
+
+def training_mask(folds: np.ndarray, fold: int) -> np.ndarray:
+    """Rows on the training side of `fold`; the complement is its validation set."""
+    return folds != fold
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--competition", default="data/competition.yaml")
+    ap.add_argument("--train", default="data/processed/train.parquet")
+    ap.add_argument("--classes", default="data/processed/classes.json")
+    ap.add_argument("--out", default="folds/folds.csv")
+    args = ap.parse_args(argv)
+    try:
+        comp = config.load(config.Competition, args.competition)
+    except config.ConfigError as err:
+        sys.exit(f"error: {err}")
+    train = pd.read_parquet(args.train)
+    n_classes = len(pd.read_json(args.classes, typ="series")["classes"])
+    fold = assign_folds(train, comp, n_classes)
+    save_csv(args.out, pd.DataFrame({"id": train["id"], "fold": fold}))
+    print(f"folds: {len(train)} rows in {comp.n_folds} folds, sizes {np.bincount(fold).tolist()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""score: a submission against a solution file (same format as the sample), with the competition's metric.
+
+Reads  a submission CSV, a solution CSV (never read by any training stage), data/processed/classes.json,
+       data/competition.yaml
+Writes nothing; prints one line (and --json: the score as JSON on stdout)
+Run    python -m foldstack.score --submission=submissions/mean.csv --solution=data/solution.csv
+
+Label-format submissions are scored on their labels (log_loss needs per-class probability columns).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import config, metrics
+from .io import InputError, read_table
+from .submit import label_y
+
+
+def score_files(sub_path, sol_path, comp: config.Competition, classes: list[str]) -> float:
+    sol = read_table(sol_path, ",", [comp.id])
+    sub = read_table(sub_path, ",", [comp.id])
+    sub = sub.set_index(comp.id).reindex(sol[comp.id]).reset_index()
+    missing = sub.drop(columns=comp.id).isna().all(axis=1).to_numpy()
+    if missing.any():
+        i = int(np.flatnonzero(missing)[0])
+        raise InputError(f"{sub_path}: column {comp.id!r}: solution id {sol[comp.id].iloc[i]!r} "
+                         f"(solution row {i + 2}) has no row in the submission")
+    y = label_y(sol, classes, comp, sol_path)
+    pred = label_y(sub, classes, comp, sub_path)
+    if pred.ndim == 2 and not comp.multilabel:  # per-class probabilities
+        return metrics.score(comp.metric, y.argmax(1) if y.ndim == 2 else y, pred, False)
+    if comp.metric == "log_loss":
+        raise InputError(f"{sub_path}: log_loss needs probabilities; this submission holds labels")
+    if comp.multilabel:
+        return metrics.score(comp.metric, y, pred, True)
+    onehot = np.eye(len(classes))[pred]
+    return metrics.score(comp.metric, y, onehot, False)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--submission", required=True)
+    ap.add_argument("--solution", required=True)
+    ap.add_argument("--competition", default="data/competition.yaml")
+    ap.add_argument("--processed", default="data/processed")
+    ap.add_argument("--json", action="store_true", help="print {metric, score} as JSON")
+    args = ap.parse_args(argv)
+    try:
+        comp = config.load(config.Competition, args.competition)
+        classes = json.loads((Path(args.processed) / "classes.json").read_text())["classes"]
+        value = score_files(args.submission, args.solution, comp, classes)
+    except (InputError, config.ConfigError) as err:
+        sys.exit(f"error: {err}")
+    if args.json:
+        print(json.dumps({"submission": args.submission, "metric": comp.metric, "score": value}))
+    else:
+        print(f"score: {args.submission}  test {comp.metric} {value:.4f}")
+
+
+if __name__ == "__main__":
+    main()

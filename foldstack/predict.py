@@ -1,0 +1,207 @@
+"""predict stage: a test file in the competition's format -> every member's fold models -> the blend -> a submission.
+
+Reads  --test: a CSV/TSV with the competition's id and text columns and separator (data/competition.yaml);
+       --sample (optional): a sample submission whose format and row order the output takes; without one the
+       output has the id column and the competition's label column(s), in the test file's row order;
+       from the workspace (or a bundle, --bundle): data/competition.yaml, data/processed/classes.json,
+       ensemble[/r<r>]/<method>/{scores.json,blender.pkl} (default method: leaderboard.json's chosen), and for
+       each member of that method models/<m>.yaml and folds/<m>[/r<r>]/{manifest.json,fold<k>.safetensors|.joblib}
+Writes --out: the submission;  --probs-dir/<member>.npy and <method>.npy: test probabilities float32 [n, C] in
+       the test file's row order
+Run    make predict TEST=new_test.csv [OUT=submissions/predict.csv] [ROUND=r] [METHOD=m] [SAMPLE=...]
+       python -m foldstack.predict --test=new_test.csv --out=sub.csv [--round=r] [--method=m]
+       foldstack predict --bundle=DIR new_test.csv --out=sub.csv   (foldstack.bundle; offline, no workspace)
+
+Each member predicts exactly as its folds did in training: the same prep (field joining, lemmas), the mean over
+its k fold models (and over seeds within a fold), then the blender fitted on all OOF rows. A frozen-layer member
+runs its frozen layers in fp32 here where training read their float16 cache: probabilities differ by ~1e-3.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pickle
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import config, fold_models
+from .bundle import Layout, chosen_method, verify
+from .io import InputError, read_table, save_npy
+
+
+def read_test(path: Path, comp: config.Competition, sample_path: Path | None):
+    """The new test table and the frame whose columns / row order the submission takes."""
+    from .io import check_unique_ids
+    from .prep import check_sample
+    test = read_table(path, comp.sep, [comp.id, *comp.text])
+    check_unique_ids(test, comp.id, path)
+    if sample_path is not None:
+        sample = read_table(sample_path, ",", [comp.id])
+        check_sample(sample, test, comp, sample_path)
+        return test, sample
+    return test, pd.DataFrame({comp.id: test[comp.id], **{c: "" for c in comp.label}})
+
+
+def member_texts(test: pd.DataFrame, comp, cfgs: dict) -> dict:
+    """{raw, lemma} texts as prep writes them; lemmas only if a member reads them."""
+    from .prep import join_text
+    texts = {"raw": join_text(test, comp.text)}
+    if any(cfg.text == "lemma" for cfg in cfgs.values()):
+        from .text import lemmatize_texts
+        texts["lemma"] = lemmatize_texts(texts["raw"])
+    return texts
+
+
+def load_member_cfg(layout: Layout, member: str) -> config.Model:
+    """models/<m>.yaml, which must be the config folds/<m> was trained with; the bundle's backbone copy if any."""
+    path, man_path = layout.model_yaml(member), layout.member_dir(member) / "manifest.json"
+    if not man_path.exists():
+        raise InputError(f"{man_path}: not found (member {member} of the blend: run make folds)")
+    cfg = config.load(config.Model, path)
+    if config.config_hash(cfg) != json.loads(man_path.read_text())["config_hash"]:
+        raise InputError(f"{path}: changed since {man_path.parent} was trained: re-run make folds first")
+    backbone = layout.backbone(member)
+    if backbone is None:
+        return cfg
+    params = {**cfg.params, "backbone": str(backbone)} if cfg.kind == "embed_lr" else cfg.params
+    return dataclasses.replace(cfg, backbone=str(backbone), params=params)
+
+
+def fold_files(layout: Layout, member: str) -> list[list[Path]]:
+    """Per fold, its model files (one per seed); InputError naming the first fold that kept none."""
+    folder = layout.member_dir(member)
+    n_folds = len(json.loads((folder / "manifest.json").read_text())["fold_scores"])
+    out = []
+    for k in range(n_folds):
+        found = fold_models.files(folder, k)
+        if not found:
+            raise InputError(f"{folder}/fold{k}: no saved model (trained with keep_models: false? re-run make folds)")
+        out.append(found)
+    return out
+
+
+def predict_transformer(cfg, files: list[list[Path]], texts: list[str], n_classes: int, multilabel: bool):
+    """Mean over folds (and seeds) of the fold classifiers' probabilities [n, C]."""
+    import torch
+
+    from .batching import encode
+    from .encoder import build_model, load_tokenizer
+    from .trainer import amp_dtype, predict
+    tokenizer = load_tokenizer(cfg.backbone)
+    seqs = encode(tokenizer, texts, cfg.max_len, cfg.truncation)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_model(cfg, n_classes, pretrained=False).to(device)
+    dtype = amp_dtype(cfg.amp, device)
+    folds = []
+    for seeds in files:
+        runs = []
+        for f in seeds:
+            model.load_state_dict(fold_models.load(f))  # strict: every tensor comes from the fold's file
+            runs.append(predict(model, seqs, cfg, tokenizer.pad_token_id, device, dtype, multilabel))
+        folds.append(np.mean(runs, axis=0))
+    return np.mean(folds, axis=0).astype(np.float32)
+
+
+def predict_classical(cfg, files: list[list[Path]], texts: list[str]) -> np.ndarray:
+    """Mean over folds (and seeds) of the fitted members' probabilities; embed_lr embeds the texts once."""
+    embedded = None
+    if cfg.kind == "embed_lr":
+        from .classical import parse_params
+        from .hidden_cache import embed_texts
+        embedded = embed_texts(parse_params(cfg), texts)
+    folds = [np.mean([fold_models.load(f).predict(texts, lambda _: embedded) for f in seeds], axis=0)
+             for seeds in files]
+    return np.mean(folds, axis=0).astype(np.float32)
+
+
+def predict_members(layout: Layout, members: list[str], test: pd.DataFrame, comp, n_classes: int) -> dict:
+    cfgs = {m: load_member_cfg(layout, m) for m in members}
+    files = {m: fold_files(layout, m) for m in members}  # every file found before any model runs
+    texts = member_texts(test, comp, cfgs)
+    out = {}
+    for m, cfg in cfgs.items():
+        t0 = time.perf_counter()
+        rows = texts[cfg.text]
+        out[m] = predict_transformer(cfg, files[m], rows, n_classes, comp.multilabel) if cfg.kind == "transformer" \
+            else predict_classical(cfg, files[m], rows)
+        print(f"  {m}: {len(files[m])} folds, {len(rows) / (time.perf_counter() - t0):.0f} rows/s")
+    return out
+
+
+def blend(layout: Layout, method: str, probs: dict) -> tuple[np.ndarray, dict]:
+    """The method's final blender (fitted on every OOF row) on the members' probabilities, in its member order."""
+    folder = layout.ensemble_dir / method
+    scores = json.loads((folder / "scores.json").read_text())
+    P = np.stack([probs[m] for m in scores["members"]], axis=1).astype(np.float64)
+    blender = pickle.loads((folder / "blender.pkl").read_bytes())  # trusted: see foldstack.bundle
+    return np.asarray(blender.predict_proba(P), dtype=np.float32), scores
+
+
+def run(layout: Layout, test_path: Path, out: Path, probs_dir: Path | None, method: str | None,
+        sample_path: Path | None) -> float:
+    """The whole prediction; returns rows per second."""
+    from .io import atomic_path
+    from .submit import check_submission, to_frame
+    start = time.perf_counter()
+    comp = config.load(config.Competition, layout.competition)
+    classes = json.loads(layout.classes.read_text())["classes"]
+    test, sample = read_test(test_path, comp, sample_path)
+    method = chosen_method(layout, method)
+    scores_path = layout.ensemble_dir / method / "scores.json"
+    if not scores_path.exists():
+        raise InputError(f"{scores_path} not found: run `make submit` first")
+    probs = predict_members(layout, json.loads(scores_path.read_text())["members"], test, comp, len(classes))
+    probs[method], scores = blend(layout, method, probs)
+    thr = np.asarray(scores["thresholds"]) if "thresholds" in scores else 0.5
+    sub = to_frame(probs[method], test[comp.id].to_numpy(), classes, comp, sample, thr)
+    with atomic_path(out) as tmp:
+        sub.to_csv(tmp, index=False)
+        if sample_path is not None:
+            check_submission(read_table(tmp, ",", [comp.id]), sample, classes, comp, out)
+    if probs_dir is not None:
+        for name, p in probs.items():
+            save_npy(probs_dir / f"{name}.npy", p)
+    return len(test) / (time.perf_counter() - start)
+
+
+def use_bundle(root: Path) -> Layout:
+    """Check the bundle, point NLTK at its WordNet; its layout."""
+    verify(root)
+    layout = Layout(root, is_bundle=True)
+    if layout.nltk_data is not None:
+        import nltk
+        nltk.data.path.insert(0, str(layout.nltk_data))
+    return layout
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("test_file", nargs="?", help="the test file (or --test)")
+    ap.add_argument("--test", default=None, help="the test file, in the competition's format")
+    ap.add_argument("--out", default="submissions/predict.csv", help="the submission to write")
+    ap.add_argument("--probs-dir", default=None, help="also write each member's and the blend's probabilities")
+    ap.add_argument("--sample", default=None, help="a sample submission: the output's columns and row order")
+    ap.add_argument("--method", default=None, help="the blend (default: the leaderboard's chosen method)")
+    ap.add_argument("--round", type=int, default=0, help="pseudo-label round whose models and blend to use")
+    ap.add_argument("--workspace", default=".", help="the workspace (ignored with --bundle)")
+    ap.add_argument("--bundle", default=None, help="an export bundle (make export) instead of the workspace")
+    args = ap.parse_args(argv)
+    test = args.test or args.test_file
+    if not test:
+        ap.error("a test file is required (--test=FILE)")
+    try:
+        layout = use_bundle(Path(args.bundle)) if args.bundle else Layout(Path(args.workspace), args.round)
+        rate = run(layout, Path(test), Path(args.out), Path(args.probs_dir) if args.probs_dir else None,
+                   args.method, Path(args.sample) if args.sample else None)
+    except (InputError, config.ConfigError) as err:
+        sys.exit(f"error: {err}")
+    print(f"predict: {args.out} from {test} ({rate:.1f} rows/s end to end)")
+
+
+if __name__ == "__main__":
+    main()

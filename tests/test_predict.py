@@ -1,0 +1,206 @@
+"""`make predict` and `make export`: the trained pipeline applied to a test file, in the workspace and through an
+offline bundle, reproduces training's test arrays and submission; a bundle refuses missing, edited or foreign files.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from foldstack import bundle, cli, fold_models
+from tests.conftest import corpus, write_competition
+from tests.test_classical import FAST
+from tests.test_pipeline_e2e import TINY, make
+
+TOL = {"tiny_bert": 1e-5, "tiny_frozen": 5e-3}  # frozen layers: fp32 here, the float16 cache in training
+CLASSICAL_TOL = 1e-5
+
+
+def run_predict(*args: str, cwd) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "foldstack.cli", "predict", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done.stdout
+
+
+def models_for(tiny_bert) -> dict:
+    bert = {**TINY, "backbone": str(tiny_bert), "max_len": 48}
+    return {"tiny_bert": bert,
+            "tiny_frozen": {**bert, "freeze_layers": 1, "seeds": [1, 2]},
+            "tfidf_lr": {"kind": "tfidf_lr", "text": "lemma", "params": FAST["tfidf_lr"]},
+            "nbsvm": {"kind": "nbsvm", "params": FAST["nbsvm"]},
+            "tfidf_lgbm": {"kind": "tfidf_lgbm", "params": FAST["tfidf_lgbm"]},
+            "embed_lr": {"kind": "embed_lr", "params": {**FAST["embed_lr"], "backbone": str(tiny_bert)}}}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_bert):
+    """A multi-class workspace with every member kind, blended by stack_lr (and mean), submitted."""
+    ws = tmp_path_factory.mktemp("predict") / "ws"
+    cli.init(ws)
+    for shipped in (ws / "models").glob("*.yaml"):
+        shipped.unlink()
+    write_competition(ws, n_train=90, n_test=30)
+    for name, keys in models_for(tiny_bert).items():
+        (ws / "models" / f"{name}.yaml").write_text(yaml.safe_dump(keys))
+    (ws / "ensemble" / "ensemble.yaml").write_text(yaml.safe_dump({"methods": ["mean", "stack_lr"],
+                                                                   "submit": "stack_lr"}))
+    make(ws, "submit")
+    return ws
+
+
+
+def check_equal_to_training(ws, probs_dir, method="stack_lr"):
+    for name in models_for(None):
+        got, want = np.load(probs_dir / f"{name}.npy"), np.load(ws / "folds" / name / "test.npy")
+        np.testing.assert_allclose(got, want, atol=TOL.get(name, CLASSICAL_TOL), err_msg=name)
+        assert (got.argmax(1) == want.argmax(1)).mean() >= 0.999 or name == "tiny_frozen", name
+    np.testing.assert_allclose(np.load(probs_dir / f"{method}.npy"), np.load(ws / "ensemble" / method / "test.npy"),
+                               atol=5e-3)
+
+
+@pytest.mark.slow
+def test_predict_reproduces_training_test_arrays_and_submission(trained):
+    out = make(trained, "predict", "TEST=data/raw/test.csv", "SAMPLE=data/raw/sample_submission.csv",
+               "OUT=submissions/predict.csv")
+    assert "rows/s" in out
+    check_equal_to_training(trained, trained / "submissions" / "predict.probs")
+    assert (trained / "submissions" / "predict.csv").read_text() == \
+        (trained / "submissions" / "stack_lr.csv").read_text()
+
+
+@pytest.mark.slow
+def test_predict_without_a_sample_and_another_method(trained, tmp_path):
+    new = pd.read_csv(trained / "data" / "raw" / "test.csv").iloc[::-1][:12]  # another file, another order
+    new.to_csv(tmp_path / "new.csv", index=False)
+    make(trained, "predict", f"TEST={tmp_path / 'new.csv'}", f"OUT={tmp_path / 'sub.csv'}", "METHOD=mean")
+    sub = pd.read_csv(tmp_path / "sub.csv")
+    assert list(sub.columns) == ["id", "label"] and list(sub["id"]) == list(new["id"])
+    test_ids = list(pd.read_csv(trained / "data" / "raw" / "test.csv")["id"])
+    rows = [test_ids.index(i) for i in new["id"]]
+    want = np.load(trained / "ensemble" / "mean" / "test.npy")[rows]
+    np.testing.assert_allclose(np.load(tmp_path / "sub.probs" / "mean.npy"), want, atol=5e-3)
+
+
+@pytest.mark.slow
+def test_bundle_predicts_offline_like_the_workspace(trained, tmp_path):
+    make(trained, "export", f"DIR={tmp_path / 'bundle'}")
+    man = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert man["method"] == "stack_lr" and set(man["members"]) == set(models_for(None))
+    assert (tmp_path / "bundle" / "nltk_data" / "corpora" / "wordnet").is_dir(), "tfidf_lr reads lemmas"
+    assert list((tmp_path / "bundle" / "wheels").glob("foldstack-*.whl"))
+    elsewhere = tmp_path / "elsewhere"  # no workspace, no training artefacts
+    elsewhere.mkdir()
+    shutil.copy(trained / "data" / "raw" / "test.csv", elsewhere / "test.csv")
+    shutil.copy(trained / "data" / "raw" / "sample_submission.csv", elsewhere / "sample.csv")
+    run_predict("--bundle", str(tmp_path / "bundle"), "test.csv", "--sample=sample.csv", "--out=sub.csv",
+                "--probs-dir=probs", cwd=elsewhere)
+    check_equal_to_training(trained, elsewhere / "probs")
+    assert (elsewhere / "sub.csv").read_text() == (trained / "submissions" / "stack_lr.csv").read_text()
+
+
+@pytest.mark.slow
+def test_half_precision_bundle_is_smaller_and_agrees(trained, tmp_path):
+    make(trained, "export", f"DIR={tmp_path / 'full'}", "METHOD=mean")
+    make(trained, "export", f"DIR={tmp_path / 'half'}", "METHOD=mean", "HALF=bf16")
+    full = tmp_path / "full" / "folds" / "tiny_bert" / "fold0.safetensors"
+    half = tmp_path / "half" / "folds" / "tiny_bert" / "fold0.safetensors"
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    shutil.copy(trained / "data" / "raw" / "test.csv", tmp_path / "test.csv")
+    run_predict("--bundle", str(tmp_path / "half"), "test.csv", "--out=sub.csv", "--probs-dir=probs", cwd=tmp_path)
+    got, want = np.load(tmp_path / "probs" / "tiny_bert.npy"), np.load(trained / "folds" / "tiny_bert" / "test.npy")
+    np.testing.assert_allclose(got, want, atol=2e-2)  # bf16 keeps 8 bits of mantissa
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9
+
+
+@pytest.mark.slow
+def test_bundle_refuses_missing_edited_and_foreign_files(trained, tmp_path):
+    root = tmp_path / "b"
+    make(trained, "export", f"DIR={root}", "METHOD=mean")
+    with pytest.raises(bundle.InputError, match="already exists"):
+        bundle.export(bundle.Layout(trained), "mean", root)
+    model = root / "folds" / "nbsvm" / "fold1.joblib"
+    saved = model.read_bytes()
+    model.write_bytes(saved + b"\0")
+    with pytest.raises(bundle.InputError, match=r"nbsvm/fold1\.joblib: its SHA-256 differs"):
+        bundle.verify(root)
+    model.unlink()
+    with pytest.raises(bundle.InputError, match=r"nbsvm/fold1\.joblib: missing from the bundle"):
+        bundle.verify(root)
+    model.write_bytes(saved)
+    bundle.verify(root)
+    man = json.loads((root / "manifest.json").read_text())
+    (root / "manifest.json").write_text(json.dumps({**man, "foldstack": "0.0.1"}))
+    with pytest.raises(bundle.InputError, match="made by foldstack 0.0.1"):
+        bundle.verify(root)
+
+
+@pytest.mark.slow
+def test_a_fold_without_its_model_is_named(trained, tmp_path):
+    ws = tmp_path / "copy"
+    shutil.copytree(trained, ws, symlinks=True)
+    (ws / "folds" / "tfidf_lgbm" / "fold2.joblib").unlink()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "foldstack.predict", "--test=data/raw/test.csv", "--method=mean"],
+                          cwd=ws, env=env, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: folds/tfidf_lgbm/fold2: no saved model (trained with keep_models: false? re-run make folds)")
+
+
+@pytest.mark.slow
+def test_multilabel_predict_uses_the_blend_thresholds(tmp_path, tiny_roberta):
+    names = ["acq", "earn", "grain"]
+    texts, y = corpus(120, seed=7)
+    labels = [" ".join(sorted({names[k], names[(k + 1) % 3]} if i % 4 == 0 else {names[k]}))
+              for i, k in enumerate(y)]
+    ws = tmp_path / "ml"
+    cli.init(ws)
+    for shipped in (ws / "models").glob("*.yaml"):
+        shipped.unlink()
+    comp = {"text": ["text"], "label": "topics", "task": "multilabel", "metric": "micro_f1", "n_folds": 3}
+    (ws / "data" / "competition.yaml").write_text(yaml.safe_dump(comp))
+    (ws / "models" / "tiny_roberta.yaml").write_text(yaml.safe_dump({**TINY, "backbone": str(tiny_roberta)}))
+    (ws / "models" / "tfidf_svm.yaml").write_text(yaml.safe_dump({"kind": "tfidf_svm", "params": FAST["tfidf_svm"]}))
+    (ws / "ensemble" / "ensemble.yaml").write_text(yaml.safe_dump({"methods": ["weighted"], "submit": "weighted"}))
+    raw = ws / "data" / "raw"
+    frame = pd.DataFrame({"id": [f"d{i}" for i in range(120)], "text": texts, "topics": labels})
+    frame[:90].to_csv(raw / "train.csv", index=False)
+    frame[90:][["id", "text"]].to_csv(raw / "test.csv", index=False)
+    frame[90:][["id"]].assign(topics="earn").to_csv(raw / "sample_submission.csv", index=False)
+    make(ws, "submit")
+    make(ws, "predict", "TEST=data/raw/test.csv", "SAMPLE=data/raw/sample_submission.csv")
+    assert (ws / "submissions" / "predict.csv").read_text() == (ws / "submissions" / "weighted.csv").read_text()
+    for name in ("tiny_roberta", "tfidf_svm"):
+        np.testing.assert_allclose(np.load(ws / "submissions" / "predict.probs" / f"{name}.npy"),
+                                   np.load(ws / "folds" / name / "test.npy"), atol=1e-5)
+
+
+def test_fold_model_files_round_trip(tmp_path):
+    import torch
+    state = {"w": torch.randn(3, 4), "steps": torch.tensor([7])}
+    fold_models.save([state, None, {"w": state["w"] * 2, "steps": state["steps"]}], tmp_path, 4)
+    fold_models.save(state, tmp_path, 1)
+    assert [p.name for p in fold_models.files(tmp_path, 4)] == ["fold4.s0.safetensors", "fold4.s2.safetensors"]
+    assert [p.name for p in fold_models.files(tmp_path, 1)] == ["fold1.safetensors"] and not fold_models.files(tmp_path, 0)
+    back = fold_models.load(tmp_path / "fold1.safetensors")
+    assert torch.equal(back["w"], state["w"]) and torch.equal(back["steps"], state["steps"])
+    fold_models.save_half(tmp_path / "fold1.safetensors", tmp_path / "half.safetensors", "fp16")
+    half = fold_models.load(tmp_path / "half.safetensors")
+    assert half["w"].dtype == torch.float32 and torch.allclose(half["w"], state["w"], atol=1e-2)
+    assert torch.equal(half["steps"], state["steps"]), "integer tensors stay exact"
+
+
+def test_cli_hands_predict_and_export_their_arguments(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["predict", "--help"])
+    assert "--bundle" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["export", "--help"])
+    assert "--half" in capsys.readouterr().out
