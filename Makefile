@@ -167,8 +167,9 @@ score: $(or $(SUB),submit)  ## test scores vs SOLUTION: leaderboard + the submit
 	$(if $(SUB),$(PY) -m foldstack.score --submission=$(SUB),$(ENSEMBLE) score $(ENSEMBLE_ARGS)) \
 	  --solution=$(SOLUTION) --competition=$(COMP)
 
-report: $(MANIFESTS)  ## per model: fold scores, confusion, most confident mistakes
-	$(PY) -m foldstack.report $(MANIFESTS)
+report: $(call edir,$(ROUND))/leaderboard.json  ## OOF summary + reports/[r<r>/]index.html (plots; test scores with SOLUTION)
+	$(PY) -m foldstack.report $(MANIFESTS) --html-dir=$(call round_dir,reports,$(ROUND)) \
+	  --ensemble-dir=$(call edir,$(ROUND)) --competition=$(COMP) --solution=$(SOLUTION)
 
 # `make pseudo`: round after round, each an ordinary `make submit ROUND=r` (so an interrupted run resumes at its
 # first unfinished fold), while the last round raised the blend's nested CV by min_delta, up to max_rounds
@@ -207,5 +208,5 @@ bench: $(PROCESSED) | $(SETUP)  ## foldstack vs HF Trainer vs the recipe's loop,
 
 clean:  ## remove generated artefacts (keeps data/raw, configs and .venv)
 	rm -rf data/processed folds/*/ folds/folds.csv features/*.parquet ensemble/*/ ensemble/leaderboard.json \
-	  submissions/*.csv submissions/r*/
+	  submissions/*.csv submissions/r*/ reports/
 	rm -rf $(addprefix models/,$(MODELS)) features/cache $(PRETRAINS:%=models/pretrain/%)

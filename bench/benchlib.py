@@ -130,12 +130,12 @@ def worker_main(workers: dict, argv: list[str]) -> bool:
 
 def load_texts(path: Path) -> tuple[list[str], list[str]]:
     """(ids, texts) of a processed train.parquet, or of a raw 20news folder (subject + body joined as prep does)."""
-    from foldstack import prep
+    from foldstack import text
     if path.suffix == ".parquet":
         df = pd.read_parquet(path)
         return df["id"].astype(str).tolist(), df["text"].tolist()
     df = pd.read_csv(path / "train.csv", dtype=str, keep_default_na=False)
-    return df["id"].tolist(), prep.join_text(df, ("subject", "body"))
+    return df["id"].tolist(), text.join_text(df, ("subject", "body"))
 
 
 @dataclass

@@ -140,7 +140,7 @@ def save_keyed(path: Path, df: pd.DataFrame, key: dict, cfg) -> None:
 def finish(train: pd.DataFrame, src_pos, kinds, texts, workers: int) -> pd.DataFrame:
     """Augmented texts -> the output table: whitespace-normalised per field, lemmatized, labelled, no copies that
     equal their source."""
-    from .prep import FIELD_SEP
+    from .text import FIELD_SEP
     texts = [f" {FIELD_SEP} ".join(normalise(f) for f in t.split(FIELD_SEP)) for t in texts]
     src = train.iloc[list(src_pos)].reset_index(drop=True)
     out = pd.DataFrame({"src_id": src["id"].astype(str), "kind": list(kinds), "text": texts})

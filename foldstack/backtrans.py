@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from .io import save_parquet
-from .prep import FIELD_SEP
+from .text import FIELD_SEP
 
 APERTIUM_HINT = "apt-get install apertium apertium-eng-spa"
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"')\]])\s+")  # spaces after . ! ? (and a closing quote)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .prep import FIELD_SEP
+from .text import FIELD_SEP
 
 BUCKET = 50
 PAD_MULTIPLE = 8

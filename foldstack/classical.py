@@ -29,7 +29,7 @@ import scipy.sparse as sp
 from . import metrics
 from .config import ConfigError, coerce
 from .estimators import AllClasses, PerColumn, lgbm_classifier, rare
-from .prep import FIELD_SEP
+from .text import FIELD_SEP
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import re
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
-from .prep import FIELD_SEP
+from .text import FIELD_SEP
 
 OPS = ("sr", "ri", "rs", "rd")
 JOIN = f" {FIELD_SEP} "

@@ -73,7 +73,7 @@ def main(argv=None) -> None:
     ap.add_argument("--budget-min", type=float, default=60.0, help="minutes the transformer's k-fold run may take")
     args = ap.parse_args(argv)
     from .encoder import load_tokenizer
-    from .prep import FIELD_SEP
+    from .text import FIELD_SEP
     texts = pd.read_parquet(args.train, columns=["text"])["text"].str.replace(FIELD_SEP, " ").tolist()
     tokenizer = load_tokenizer(args.backbone)
     lengths = token_lengths(texts, tokenizer)

@@ -49,7 +49,7 @@ def read_test(path: Path, comp: config.Competition, sample_path: Path | None):
 
 def member_texts(test: pd.DataFrame, comp, cfgs: dict) -> dict:
     """{raw, lemma} texts as prep writes them; lemmas only if a member reads them."""
-    from .prep import join_text
+    from .text import join_text
     texts = {"raw": join_text(test, comp.text)}
     if any(cfg.text == "lemma" for cfg in cfgs.values()):
         from .text import lemmatize_texts

@@ -22,15 +22,7 @@ import pandas as pd
 
 from . import config
 from .io import InputError, check_unique_ids, first_missing, read_table, save_json, save_parquet
-from .text import lemmatize_texts, normalise
-
-FIELD_SEP = "\u241e"  # SYMBOL FOR RECORD SEPARATOR: never in real text, kept as one token by the lemmatizer
-
-
-def join_text(df: pd.DataFrame, columns: tuple[str, ...]) -> list[str]:
-    parts = [df[c].fillna("").map(normalise) for c in columns]
-    return [f" {FIELD_SEP} ".join(p for p in row) for row in zip(*parts)]
-
+from .text import join_text, lemmatize_texts
 
 def sample_label_columns(sample: pd.DataFrame, comp: config.Competition) -> list[str]:
     return [c for c in sample.columns if c != comp.id]

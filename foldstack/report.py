@@ -1,9 +1,14 @@
-"""report: a readable summary of models' OOF predictions, for a human checking them.
+"""report stage: the OOF predictions as a terminal summary and as an HTML page with plots.
 
-Reads  folds/<m>/manifest.json + oof.npy, data/processed/train.parquet
-Writes nothing; prints per model: CV and per-fold scores, time, the most frequent confusions (single-label) or
-       per-label F1 (multi-label), and the most confident mistakes with a snippet of their text
+Reads  folds/<m>[/r<r>]/{manifest.json,oof.npy,test.npy,fold<k>.log}, data/processed/{train,test}.parquet,
+       with --html-dir also ensemble[/r<r>]/leaderboard.json and <method>/{scores.json,oof.npy,test.npy},
+       data/competition.yaml, --solution when the file exists, and the pseudo rounds' features/pseudo_r<r>.parquet
+       and ensemble/r<r>/leaderboard.json
+Writes prints per model: CV and per-fold scores, time, the most frequent confusions (single-label) or per-label F1
+       (multi-label), the most confident mistakes; with --html-dir: <dir>/index.html + its PNGs (self-contained: no
+       script, no external URL; every text from the data HTML-escaped)
 Run    python -m foldstack.report folds/minilm_bilstm/manifest.json [...]   (--summary: one line per model)
+       make report [ROUND=r]   (reports/index.html; round r: reports/r<r>/index.html)
 """
 from __future__ import annotations
 
@@ -64,6 +69,13 @@ def main(argv=None) -> None:
     ap.add_argument("manifests", nargs="+")
     ap.add_argument("--summary", action="store_true", help="one line per model")
     ap.add_argument("--train", default="data/processed/train.parquet")
+    ap.add_argument("--html-dir", default=None, help="also write the HTML report here (index.html + PNGs)")
+    ap.add_argument("--ensemble-dir", default="ensemble", help="the round's ensemble folder (leaderboard.json)")
+    ap.add_argument("--ensemble-root", default="ensemble", help="round 0's ensemble folder (pseudo-label rounds)")
+    ap.add_argument("--features", default="features", help="where pseudo_r<r>.parquet live")
+    ap.add_argument("--competition", default="data/competition.yaml")
+    ap.add_argument("--processed", default="data/processed")
+    ap.add_argument("--solution", default="data/solution.csv", help="test answers, used only if the file exists")
     args = ap.parse_args(argv)
     train = None if args.summary else pd.read_parquet(args.train)
     for path in args.manifests:
@@ -72,6 +84,15 @@ def main(argv=None) -> None:
             print(summary_line(man))
         else:
             print("\n".join(describe(man, np.load(Path(path).parent / "oof.npy"), train)) + "\n")
+    if args.html_dir:
+        from . import config
+        from .io import InputError
+        from .report_html import write_report
+        try:
+            page = write_report(args, config.load(config.Competition, args.competition))
+        except (InputError, config.ConfigError) as err:
+            raise SystemExit(f"error: {err}") from None
+        print(f"report: {page}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
+FIELD_SEP = "\u241e"  # SYMBOL FOR RECORD SEPARATOR: never in real text, kept as one token by the lemmatizer
 TOKEN = re.compile(r"\w+|[^\w\s]")
 SPACE = re.compile(r"\s+")
 
@@ -49,3 +50,9 @@ def lemmatize_texts(texts: list[str], workers: int = 2) -> list[str]:
     tokenized = [TOKEN.findall(t.lower()) for t in texts]
     table = lemma_table({tok for toks in tokenized for tok in toks}, workers)
     return [" ".join(table.get(tok, tok) for tok in toks) for toks in tokenized]
+
+
+def join_text(df, columns: tuple[str, ...]) -> list[str]:
+    """A table's text columns -> one normalised text per row, fields joined by FIELD_SEP (a missing cell: "")."""
+    parts = [df[c].fillna("").map(normalise) for c in columns]
+    return [f" {FIELD_SEP} ".join(p for p in row) for row in zip(*parts)]

@@ -9,7 +9,7 @@ import yaml
 
 from foldstack import augment, backtrans, config, eda
 from foldstack import train as train_stage
-from foldstack.prep import FIELD_SEP
+from foldstack.text import FIELD_SEP
 from tests.conftest import write_competition
 
 TEXT = "The brilliant director shot a boring film , and the actors hated the slow script (really) ."

@@ -9,7 +9,7 @@ from foldstack import config, trainer
 from foldstack.batching import collate, encode, special_frame, train_batches, truncate
 from foldstack.encoder import attention_kernel, build_model, load_tokenizer
 from foldstack.optim import make_optimizer, make_scheduler, param_groups
-from foldstack.prep import FIELD_SEP
+from foldstack.text import FIELD_SEP
 from tests.conftest import corpus
 
 
