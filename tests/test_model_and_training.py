@@ -240,3 +240,25 @@ def test_multilabel_output_bias_starts_at_label_frequencies(tiny_bert):
     y = np.array([[1, 0, 0], [1, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=np.float32)
     trainer.init_label_priors(model, y)
     assert torch.allclose(torch.sigmoid(model.out.bias), torch.tensor([0.75, 0.25, 1e-4]), atol=1e-6)
+
+
+@pytest.mark.parametrize("freeze", [0, 1])
+def test_inference_attention_is_eager_then_restored_and_predicts_the_same(tiny_bert, freeze):
+    cfg = config.Model(backbone=str(tiny_bert), max_len=32, freeze_layers=freeze, eval_batch_size=8)
+    torch.manual_seed(0)
+    model = build_model(cfg, 3)
+    tok = load_tokenizer(str(tiny_bert))
+    seqs = encode(tok, corpus(20)[0], cfg.max_len, cfg.truncation)
+    encoders = [m for m in model.modules() if hasattr(m, "set_attn_implementation")]
+    kernels = [m.config._attn_implementation for m in encoders]  # the private field inference_attention restores
+    assert kernels and all(k == "sdpa" for k in kernels)
+    cpu = torch.device("cpu")
+    with trainer.inference_attention(model, cfg, cpu):
+        assert all(m.config._attn_implementation == "eager" for m in encoders)
+    assert [m.config._attn_implementation for m in encoders] == kernels
+    fast = trainer.predict(model, seqs, cfg, tok.pad_token_id, cpu, None, False)
+    with trainer.inference_attention(model, replace(cfg, attention="sdpa"), cpu):  # not auto: left alone
+        assert [m.config._attn_implementation for m in encoders] == kernels
+    with torch.inference_mode():  # SDPA: predict's loop without the eager switch
+        plain = trainer._predict(model.eval(), seqs, cfg, tok.pad_token_id, cpu, None, False)
+    np.testing.assert_allclose(fast, plain, atol=1e-5)
