@@ -42,6 +42,8 @@ pseudo_file = $(if $(filter 0,$(1)),,features/pseudo_r$(1).parquet)
 PSEUDO_CFG := $(or $(wildcard features/pseudo.yaml),$(ROOT)/features/pseudo.yaml)
 MANIFESTS := $(call manifests,$(ROUND))
 PROCESSED := data/processed/train.parquet
+# prep writes all three, train.parquet last (the target); the stages read all three
+PROCESSED_ALL := $(PROCESSED) data/processed/test.parquet data/processed/classes.json
 
 # Content stamps (foldstack.stamp): rules depend on .stamps/<file>.sha instead of <file>, and a stamp changes only
 # when its file's bytes do. A file touched, copied, checked out or restored unchanged re-runs nothing; a changed
@@ -89,6 +91,7 @@ $(PROCESSED): $(call source,$(COMP) $(RAW)) | $(SETUP)
 	$(PY) -m foldstack.prep --competition=$(COMP) --out-dir=data/processed
 	@# the token-length distribution and the max_len / truncation it recommends (not a prerequisite of anything)
 	-@$(PY) -m foldstack.lengths --train=$@ --out=data/processed/lengths.json --n-folds=$(N_FOLDS)
+$(filter-out $(PROCESSED),$(PROCESSED_ALL)): $(PROCESSED) ;
 
 # Within-task masked-LM pretraining: models/pretrain/<name>.yaml -> the backbone directory models/pretrain/<name>/
 # (done.json last); a model YAML names it as `backbone: models/pretrain/<name>` and its folds then depend on it.
@@ -96,11 +99,11 @@ $(PROCESSED): $(call source,$(COMP) $(RAW)) | $(SETUP)
 PRETRAINS := $(basename $(notdir $(wildcard models/pretrain/*.yaml)))
 SOURCES += $(PRETRAINS:%=models/pretrain/%.yaml)
 pretrain: $(PRETRAINS:%=models/pretrain/%/done.json)  ## masked-LM pretraining on train + test texts -> models/pretrain/<name>/
-models/pretrain/%/done.json: $(call S,models/pretrain/%.yaml) $(call stamp,$(PROCESSED))
+models/pretrain/%/done.json: $(call S,models/pretrain/%.yaml) $(call stamp,$(PROCESSED_ALL))
 	$(PY) -m foldstack.pretrain --config=models/pretrain/$*.yaml --train=$(PROCESSED) --test=data/processed/test.parquet \
 	  --out-dir=models/pretrain/$*
 
-folds/folds.csv: $(call stamp,$(PROCESSED)) $(call source,$(COMP))
+folds/folds.csv: $(call stamp,$(PROCESSED_ALL)) $(call source,$(COMP))
 	$(PY) -m foldstack.folds --competition=$(COMP) --train=$(PROCESSED) --out=$@
 
 # Augmented training sets (features/augment.yaml). A model trains with the sets its YAML's `augment:` lists, and
@@ -124,12 +127,23 @@ $(AUGMENT_SETS:%=features/%.parquet): features/%.parquet: $(call stamp,$(PROCESS
 JOBS = $(if $(filter -j,$(MAKEFLAGS)),$$(nproc),$(or $(patsubst -j%,%,$(filter -j%,$(MAKEFLAGS))),1))
 fold_threads = $${OMP_NUM_THREADS:-$$(n=$$(nproc) j=$(JOBS); t=$$((n / j)); echo $$((t < 1 ? 1 : t)))}
 
+# Where a fold's command runs (foldstack.runner): GPUS=0,1,... gives each of `make -j N`'s jobs its own GPU (a lock
+# per device); RUNNER=ray sends each fold to the Ray cluster at RAY_ADDRESS as a task of RAY_CPUS CPUs (and one GPU
+# for a transformer when the cluster has GPUs). Make still decides what is pending: `make -j 16 folds RUNNER=ray`.
+RUNNER ?=
+GPUS ?=
+RAY_CPUS ?= 1
+$(if $(filter-out ray,$(RUNNER)),$(error RUNNER=$(RUNNER): the only runner is ray (or leave RUNNER unset)))
+RUN = $(if $(RUNNER),$(PY) -m foldstack.runner --ray --cpus=$(RAY_CPUS) --,$(if $(GPUS),$(PY) -m foldstack.runner \
+  --slots=$(GPUS) --))
+fold_env = OMP_NUM_THREADS=$(if $(RUNNER),$(RAY_CPUS),$(fold_threads))
+
 # One training target per model x fold x round, one gather target per model x round ($(1) model, $(2) round).
 pseudo_args = $(if $(call pseudo_file,$(2)),--pseudo=$(call pseudo_file,$(2)))
 define MODEL_RULES
-$(call mdir,$(1),$(2))/fold%.npz: $(call source,models/$(1).yaml) \
-  $(call stamp,folds/folds.csv $(PROCESSED) $(DEPS_$(1)) $(call pseudo_file,$(2)))
-	OMP_NUM_THREADS=$$(fold_threads) $(PY) -m foldstack.train --model=models/$(1).yaml --fold=$$* --out-dir=$(call mdir,$(1),$(2)) \
+$(call mdir,$(1),$(2))/fold%.npz: $(call source,models/$(1).yaml $(COMP)) \
+  $(call stamp,folds/folds.csv $(PROCESSED_ALL) $(DEPS_$(1)) $(call pseudo_file,$(2)))
+	$$(fold_env) $$(RUN) $(PY) -m foldstack.train --model=models/$(1).yaml --fold=$$* --out-dir=$(call mdir,$(1),$(2)) \
 	  --competition=$(COMP) --cache-dir=features/cache $(call pseudo_args,$(1),$(2))
 $(call mdir,$(1),$(2))/manifest.json: $(call stamp,$(FOLD_IDS:%=$(call mdir,$(1),$(2))/fold%.npz))
 	$(PY) -m foldstack.gather --model-dir=$(call mdir,$(1),$(2)) --n-folds=$(N_FOLDS)
@@ -153,7 +167,7 @@ ENSEMBLE_ARGS = $(call ensemble_args,$(ROUND))
 # (`make submissions/caruana.csv`, `make submissions/r1/caruana.csv ROUND=1`).
 define ENSEMBLE_RULES
 $(patsubst %,$(call edir,$(1))/%/scores.json,$(METHODS)): $(call edir,$(1))/%/scores.json: \
-  $(call stamp,$(call manifests,$(1)) folds/folds.csv) $(call source,$(ENSEMBLE_CFG))
+  $(call stamp,$(call manifests,$(1)) folds/folds.csv $(PROCESSED_ALL)) $(call source,$(ENSEMBLE_CFG) $(COMP))
 	$(ENSEMBLE) fit --method=$$* $(call ensemble_args,$(1))
 $(call edir,$(1))/leaderboard.json: $(call stamp,$(patsubst %,$(call edir,$(1))/%/scores.json,$(METHODS))) \
   $(call source,$(ENSEMBLE_CFG))
@@ -167,7 +181,8 @@ $(foreach r,$(ROUNDS),$(eval $(call ENSEMBLE_RULES,$(r))))
 # Round r's pseudo rows ($(1) = r, $(2) = r - 1) come from round r-1's models, as ensemble.yaml's members; the
 # leaderboard as prerequisite brings the whole round r-1 (and the chosen blend, for `teacher: ensemble`).
 define PSEUDO_RULE
-features/pseudo_r$(1).parquet: $(call stamp,$(call edir,$(2))/leaderboard.json) $(call source,$(PSEUDO_CFG))
+features/pseudo_r$(1).parquet: $(call stamp,$(call edir,$(2))/leaderboard.json $(PROCESSED_ALL)) \
+  $(call source,$(PSEUDO_CFG))
 	$(PY) -m foldstack.pseudo select --config=$(PSEUDO_CFG) --ensemble-config=$(ENSEMBLE_CFG) --competition=$(COMP) \
 	  --manifests $(call manifests,$(2)) --ensemble-dir=$(call edir,$(2)) --out=$$@
 endef
@@ -201,22 +216,26 @@ pseudo:  ## pseudo-label rounds while the nested CV improves -> folds/<m>/r<r>/,
 # Apply the trained pipeline to a new file, or pack it for an offline notebook (foldstack.predict, foldstack.bundle).
 .PHONY: predict export
 OUT ?= submissions/predict.csv
+$(if $(and $(filter predict,$(MAKECMDGOALS)),$(if $(TEST),,x)),$(error make predict needs TEST=path/to/test.csv))
+$(if $(and $(filter export,$(MAKECMDGOALS)),$(if $(DIR),,x)),$(error make export needs DIR=path/to/new/folder))
 predict: $(call edir,$(ROUND))/leaderboard.json  ## TEST=file [OUT= METHOD= SAMPLE= ROUND=]: the blend on new texts
-	$(if $(TEST),,$(error make predict needs TEST=path/to/test.csv))
-	$(PY) -m foldstack.predict --test=$(TEST) --out=$(OUT) --round=$(ROUND) --probs-dir=$(basename $(OUT)).probs \
-	  $(if $(METHOD),--method=$(METHOD)) $(if $(SAMPLE),--sample=$(SAMPLE))
+	$(PY) -m foldstack.predict --test="$(TEST)" --out="$(OUT)" --round=$(ROUND) --probs-dir="$(basename $(OUT)).probs" \
+	  $(if $(METHOD),--method=$(METHOD)) $(if $(SAMPLE),--sample="$(SAMPLE)")
 
-export: $(call edir,$(ROUND))/leaderboard.json  ## DIR=folder [METHOD= HALF=fp16 ROUND=]: an offline predict bundle
-	$(if $(DIR),,$(error make export needs DIR=path/to/new/folder))
-	$(PY) -m foldstack.bundle --out=$(DIR) --round=$(ROUND) $(if $(METHOD),--method=$(METHOD)) $(if $(HALF),--half=$(HALF))
+export: $(call edir,$(ROUND))/leaderboard.json  ## DIR=folder [METHOD= HALF=fp16 ROUND= WHEELS=0]: an offline bundle
+	$(PY) -m foldstack.bundle --out="$(DIR)" --round=$(ROUND) $(if $(METHOD),--method=$(METHOD)) $(if $(HALF),--half=$(HALF)) $(if $(filter 0,$(WHEELS)),--no-wheels)
 
 pseudo-score:  ## per round: pseudo rows and their accuracy vs SOLUTION, nested CV, test score
 	$(PY) -m foldstack.pseudo score $(PSEUDO_ARGS) --features=features --solution=$(SOLUTION)
 
 # Once per run, before Make compares any times (it does so only after reading this whole file): every stamp made or
-# brought up to date with its file, in one process. It prints the artefacts newer than their unchanged stamps
-# (touched or copied: same bytes).
-STAMP_TOUCHED := $(if $(wildcard $(PY)),$(shell $(PY) -m foldstack.stamp --refresh .stamps $(sort $(STAMPED) $(SOURCES))))
+# brought up to date with its file, in one process (not for goals that compare no artefact). It prints the artefacts
+# left newer than their unchanged stamps: rebuilt earlier with identical bytes.
+NO_STAMPS := help setup test clean bench demo-data
+STAMP_TOUCHED := $(if $(and $(wildcard $(PY)),$(filter-out $(NO_STAMPS),$(or $(MAKECMDGOALS),help))),\
+  $(shell $(PY) -m foldstack.stamp --refresh .stamps $(sort $(STAMPED)) --sources $(sort $(SOURCES))))
+$(if $(and $(DRY),$(STAMP_TOUCHED)),$(info # make -n: $(words $(STAMP_TOUCHED)) file(s) were rebuilt earlier with \
+  identical bytes ($(firstword $(STAMP_TOUCHED)) ...); if this plan rebuilds one, the steps after it are not shown))
 
 # One rule per stamp. An artefact's stamp is checked again after the artefact is rebuilt (the recipe); a source's
 # stamp only after a rule makes the source (order-only: the refresh above keeps it current). Under `make -n` the
@@ -231,6 +250,8 @@ $(foreach f,$(sort $(filter-out $(ORDER_ONLY),$(STAMPED))),$(eval $(call STAMP_R
 $(foreach f,$(ORDER_ONLY),$(eval $(call STAMP_RULE,$(f),| $(f))))
 
 test: setup  ## setup + the test suite
+	@# the Ray runner's test starts a real local cluster: Ray is an extra, installed for the suite only
+	$(PY) -c "import ray" 2>/dev/null || $(PY) -m pip install -q -e "$(ROOT)[ray]"
 	cd $(ROOT) && HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 # BENCH_ARGS="--train=<processed train.parquet> --steps=N --threads=N --quick" (bench/bench.py --help)
@@ -241,5 +262,5 @@ bench: $(PROCESSED) | $(SETUP)  ## foldstack vs HF Trainer vs the recipe's loop,
 
 clean:  ## remove generated artefacts (keeps data/raw, configs and .venv)
 	rm -rf data/processed folds/*/ folds/folds.csv features/*.parquet ensemble/*/ ensemble/leaderboard.json \
-	  submissions/*.csv submissions/r*/ reports/ .stamps/
+	  submissions/*.csv submissions/*.probs/ submissions/r*/ reports/ .stamps/
 	rm -rf $(addprefix models/,$(MODELS)) features/cache $(PRETRAINS:%=models/pretrain/%)

@@ -10,8 +10,9 @@ Writes DIR/ laid out like a workspace of one round and one method:
          manifest.json (last): foldstack and library versions, the method, its members, each file's SHA-256
 Run    make export DIR=bundle [ROUND=r] [METHOD=m] [HALF=fp16|bf16]
        python -m foldstack.bundle --out=bundle [--round=r] [--method=m] [--half=fp16]
-Use    on the offline machine: pip install --no-deps DIR/wheels/foldstack-*.whl (torch, transformers, scikit-learn,
-       lightgbm, pandas, nltk installed), then foldstack predict --bundle=DIR new_test.csv --out=submission.csv
+Use    on the offline machine: pip install --no-index --find-links DIR/wheels foldstack scikit-learn==<the
+       manifest's> [lightgbm==<the manifest's>] (torch, transformers, pandas, nltk already there, as on Kaggle), then
+       foldstack predict --bundle=DIR new_test.csv --out=submission.csv
 
 A bundle holds pickled scikit-learn objects (fold<k>.joblib, blender.pkl): loading a pickle can run code, so a bundle
 is trusted code, like a notebook. `verify` checks every file's hash against the manifest before anything is loaded,
@@ -20,7 +21,6 @@ which catches corruption and edits, not a forged manifest: only use bundles you 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import subprocess
@@ -30,6 +30,7 @@ from pathlib import Path
 
 from . import __version__, config, fold_models
 from .io import InputError, save_json
+from .stamp import sha256
 
 FORMAT = 1
 PINNED = ("scikit-learn", "lightgbm")  # their pickles must be read by the version that wrote them
@@ -83,14 +84,6 @@ def chosen_method(layout: Layout, method: str | None) -> str:
     return json.loads(board.read_text())["chosen"]
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def library_versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
     out = {}
@@ -112,7 +105,7 @@ def verify(root: Path) -> dict:
         raise InputError(f"{path}: made by foldstack {man.get('foldstack')} (format {man.get('format')}); this is "
                          f"foldstack {__version__}: install the wheel in {root}/wheels/")
     here = library_versions()
-    for name in PINNED:
+    for name in man.get("pinned", PINNED):
         if man["versions"].get(name) != here[name]:
             raise InputError(f"{path}: made with {name} {man['versions'].get(name)}, this machine has {here[name]} "
                              f"(its pickles need the same version: pip install {name}=={man['versions'].get(name)})")
@@ -122,6 +115,10 @@ def verify(root: Path) -> dict:
             raise InputError(f"{f}: missing from the bundle (listed in its manifest.json)")
         if sha256(f) != digest:
             raise InputError(f"{f}: its SHA-256 differs from the bundle's manifest.json (changed since export)")
+    for folder in ("folds", "ensemble", "models", "data"):  # what predict loads: nothing unlisted may sit there
+        for f in sorted((Path(root) / folder).rglob("*")):
+            if f.is_file() and str(f.relative_to(root)) not in man["files"]:
+                raise InputError(f"{f}: not listed in the bundle's manifest.json (added after export?)")
     return man
 
 
@@ -172,18 +169,37 @@ def copy_wordnet(out: Path) -> None:
 
 
 def build_wheel(out: Path) -> None:
-    """foldstack itself as a wheel (best effort: needs the source tree this package was installed from)."""
+    """foldstack itself as a wheel (best effort: needs the source tree this package was installed from). Built from
+    a clean copy of the sources, so no stale build/ folder of the source tree can slip older modules in."""
+    import tempfile
     root = Path(__file__).resolve().parents[1]
     if not (root / "pyproject.toml").exists():
         print("export: no foldstack source tree here; install foldstack on the offline machine yourself")
         return
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                           "-w", str(out / "wheels"), str(root)], capture_output=True, text=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "src"
+        shutil.copytree(root / "foldstack", src / "foldstack", ignore=shutil.ignore_patterns("__pycache__"))
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy(root / name, src / name)
+        done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                               "-w", str(out / "wheels"), str(src)], capture_output=True, text=True)
     if done.returncode != 0:
-        print(f"export: could not build the foldstack wheel ({done.stderr.strip().splitlines()[-1:]})")
+        last = (done.stderr.strip().splitlines() or ["pip wheel failed"])[-1]
+        print(f"export: could not build the foldstack wheel ({last}); install foldstack on the offline machine")
 
 
-def export(layout: Layout, method: str | None, out: Path, half: str | None = None) -> dict:
+def download_wheels(out: Path, names: list[str]) -> None:
+    """This machine's versions of the libraries whose pickles the bundle holds, as wheels in out/wheels/ (best
+    effort: an offline notebook installs them with pip install --no-index --find-links DIR/wheels)."""
+    versions = library_versions()
+    specs = [f"{name}=={versions[name]}" for name in names if versions[name]]
+    done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                           "-d", str(out / "wheels"), *specs], capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"export: could not download {' '.join(specs)} wheels; the offline machine needs these versions")
+
+
+def export(layout: Layout, method: str | None, out: Path, half: str | None = None, wheels: bool = True) -> dict:
     """Copy what `method` needs into `out` (which must not exist) and write its manifest last; returns it."""
     method = chosen_method(layout, method)
     scores_path = layout.ensemble_dir / method / "scores.json"
@@ -191,8 +207,23 @@ def export(layout: Layout, method: str | None, out: Path, half: str | None = Non
         raise InputError(f"{scores_path} not found: run `make submit` (or make {scores_path}) first")
     if out.exists():
         raise InputError(f"{out}: already exists; a bundle is written into a new folder")
+    if not (layout.ensemble_dir / method / "blender.pkl").exists():
+        raise InputError(f"{layout.ensemble_dir / method}/blender.pkl not found: make submit first")
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        return _fill(layout, method, members_of(scores_path), out, tmp, half, wheels)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # no half-written bundle is left behind
+        raise
+
+
+def members_of(scores_path: Path) -> list[str]:
+    return json.loads(scores_path.read_text())["members"]
+
+
+def _fill(layout: Layout, method: str, members: list[str], out: Path, tmp: Path, half: str | None,
+          wheels: bool) -> dict:
     for folder in ("data/processed", "models", "folds", f"ensemble/{method}"):
         (tmp / folder).mkdir(parents=True)
     shutil.copy(layout.competition, tmp / "data" / "competition.yaml")
@@ -200,17 +231,19 @@ def export(layout: Layout, method: str | None, out: Path, half: str | None = Non
     for name in ("scores.json", "blender.pkl"):
         shutil.copy(layout.ensemble_dir / method / name, tmp / "ensemble" / method / name)
     save_json(tmp / "ensemble" / "leaderboard.json", {"chosen": method})
-    members = json.loads(scores_path.read_text())["members"]
-    lemma = False
+    cfgs = [config.load(config.Model, layout.model_yaml(m)) for m in members]
     for member in members:
         copy_member(layout, member, tmp, half)
-        lemma |= config.load(config.Model, layout.model_yaml(member)).text == "lemma"
-    if lemma:
+    if any(cfg.text == "lemma" for cfg in cfgs):
         copy_wordnet(tmp)
-    build_wheel(tmp)
+    uses_lgbm = method == "stack_lgbm" or any(cfg.kind == "tfidf_lgbm" for cfg in cfgs)
+    pinned = [name for name in PINNED if name != "lightgbm" or uses_lgbm]
+    if wheels:
+        build_wheel(tmp)
+        download_wheels(tmp, pinned)
     files = {str(p.relative_to(tmp)): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
     man = {"format": FORMAT, "foldstack": __version__, "versions": library_versions(), "method": method,
-           "members": members, "round": layout.round, "half": half, "files": files,
+           "members": members, "round": layout.round, "half": half, "files": files, "pinned": pinned,
            "bytes": sum((tmp / rel).stat().st_size for rel in files)}
     save_json(tmp / "manifest.json", man)
     tmp.rename(out)  # the folder appears whole, or not at all
@@ -225,10 +258,12 @@ def main(argv=None) -> None:
     ap.add_argument("--method", default=None, help="the blend to export (default: the leaderboard's chosen one)")
     ap.add_argument("--half", choices=("fp16", "bf16"), default=None,
                     help="store transformer weights in half precision (half the size; predictions within ~1e-3)")
+    ap.add_argument("--no-wheels", action="store_true",
+                    help="leave out the foldstack, scikit-learn and LightGBM wheels (for a machine that has them)")
     args = ap.parse_args(argv)
     layout = Layout(Path(args.workspace), args.round)
     try:
-        man = export(layout, args.method, Path(args.out), args.half)
+        man = export(layout, args.method, Path(args.out), args.half, not args.no_wheels)
     except (InputError, config.ConfigError) as err:
         sys.exit(f"error: {err}")
     print(f"export: {args.out} ({man['method']} of {len(man['members'])} members, {len(man['files'])} files, "

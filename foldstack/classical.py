@@ -197,10 +197,20 @@ class Vectorizer:
             specs.append(("char_wb", p.char_ngrams, p.char_max_chars))
         self.parts = []
         for analyzer, ngrams, cap in specs:
-            vec = TfidfVectorizer(analyzer=analyzer, ngram_range=tuple(ngrams), **common)
-            vec.fit(self._cut(_clean(train_texts), cap))
-            self.parts.append((vec, cap))
-        self.n_features = sum(len(vec.vocabulary_) for vec, _ in self.parts)
+            self.parts.append((TfidfVectorizer(analyzer=analyzer, ngram_range=tuple(ngrams), **common), cap))
+        # fitted and applied in one pass over the training texts (fit, then transform, would read them twice)
+        self.train_matrix = self._stack([vec.fit_transform(self._cut(_clean(train_texts), cap))
+                                         for vec, cap in self.parts])
+        self.n_features = self.train_matrix.shape[1]
+
+    @staticmethod
+    def _stack(blocks: list) -> sp.csr_matrix:
+        X = sp.hstack(blocks, format="csr")
+        X.sort_indices()  # one-vs-rest workers get read-only memory maps and cannot sort them in place
+        return X
+
+    def __getstate__(self):  # the training matrix is not part of the fitted model
+        return {k: v for k, v in self.__dict__.items() if k != "train_matrix"}
 
     @staticmethod
     def _cut(rows: list[str], cap: int | None) -> list[str]:
@@ -208,9 +218,7 @@ class Vectorizer:
 
     def transform(self, texts: list[str]) -> sp.csr_matrix:
         clean = _clean(texts)
-        X = sp.hstack([vec.transform(self._cut(clean, cap)) for vec, cap in self.parts], format="csr")
-        X.sort_indices()  # one-vs-rest workers get read-only memory maps and cannot sort them in place
-        return X
+        return self._stack([vec.transform(self._cut(clean, cap)) for vec, cap in self.parts])
 
 
 def _clean(texts: list[str]) -> list[str]:
@@ -220,7 +228,8 @@ def _clean(texts: list[str]) -> list[str]:
 def vectorize(p: Tfidf, texts: dict) -> tuple[dict, int]:
     """texts[train|val|test] -> sparse float32 TF-IDF matrices [n, n_features], fitted on texts['train'] only."""
     vec = Vectorizer(p, texts["train"])
-    return {part: vec.transform(rows) for part, rows in texts.items()}, vec.n_features
+    return {part: vec.train_matrix if part == "train" else vec.transform(rows) for part, rows in texts.items()}, \
+        vec.n_features
 
 
 def fit_lr(p: TfidfLR, X: dict, y: np.ndarray, n_classes: int, multilabel: bool, seed: int) -> tuple[object, dict]:
@@ -370,7 +379,10 @@ def fit_member(cfg, comp, texts: dict, ys: dict, n_classes: int, seed: int, cach
     p = parse_params(cfg)
     features = None if cfg.kind == "embed_lr" else Vectorizer(p, texts["train"])
     member = FittedMember(cfg.kind, p, features, None, None)
-    X = {part: member.features_of(rows, cache.embed if cache else None) for part, rows in texts.items()}
+    X = {part: member.features_of(rows, cache.embed if cache else None) for part, rows in texts.items()
+         if part != "train" or features is None}
+    if features is not None:
+        X["train"], features.train_matrix = features.train_matrix, None
     if cfg.kind == "tfidf_lgbm" and p.svd_components:
         member.svd = SVDProjection(X["train"], p.svd_components, seed)
         X = {part: member.svd.transform(m) for part, m in X.items()}

@@ -174,6 +174,10 @@ def parse_overrides(args: list[str]) -> dict:
     return out
 
 
+# Keys of earlier versions: the error says what replaced them.
+RENAMED = {"save_checkpoint": "replaced by keep_models (default true): every fold keeps its model beside its OOF"}
+
+
 def load(cls, path: str | Path, overrides: dict | None = None):
     """Read the YAML at `path` into the frozen dataclass `cls`, applying `overrides`; validate everything."""
     path = Path(path)
@@ -190,7 +194,9 @@ def load(cls, path: str | Path, overrides: dict | None = None):
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        hint = RENAMED.get(unknown[0])
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r} " +
+                          (f"({hint})" if hint else f"(known: {', '.join(sorted(known))})"))
     values = {k: coerce(v, hints[k], f"{path}: key {k!r}") for k, v in raw.items()}
     cfg = cls(**values)
     for key, problem in cfg.check():

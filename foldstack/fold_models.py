@@ -18,8 +18,16 @@ from .io import atomic_path
 EXTENSIONS = (".safetensors", ".joblib")
 
 
+def remove(out: Path, fold: int) -> None:
+    """Delete fold<k>'s model files (a retrained fold must not leave an older seed or kind behind)."""
+    if Path(out).is_dir():
+        for path in files(out, fold):
+            path.unlink()
+
+
 def save(fitted, out: Path, fold: int) -> list[Path]:
     """One fitted model (a state dict or a FittedMember) or a list of them (one per seed) -> the files written."""
+    remove(out, fold)
     runs = fitted if isinstance(fitted, list) else [fitted]
     paths = []
     for i, model in enumerate(runs):

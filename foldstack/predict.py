@@ -34,7 +34,7 @@ from .bundle import Layout, chosen_method, verify
 from .io import InputError, read_table, save_npy
 
 
-def read_test(path: Path, comp: config.Competition, sample_path: Path | None):
+def read_test(path: Path, comp: config.Competition, sample_path: Path | None, classes: list[str]):
     """The new test table and the frame whose columns / row order the submission takes."""
     from .io import check_unique_ids
     from .prep import check_sample
@@ -44,7 +44,15 @@ def read_test(path: Path, comp: config.Competition, sample_path: Path | None):
         sample = read_table(sample_path, ",", [comp.id])
         check_sample(sample, test, comp, sample_path)
         return test, sample
-    return test, pd.DataFrame({comp.id: test[comp.id], **{c: "" for c in comp.label}})
+    return test, pd.DataFrame({comp.id: test[comp.id], **{c: "" for c in default_columns(comp, classes)}})
+
+
+def default_columns(comp: config.Competition, classes: list[str]) -> list[str]:
+    """The submission's columns without a sample: one per class for per-class formats (0/1 label columns,
+    multi-class probabilities), else the competition's label column."""
+    if len(comp.label) > 1 or (comp.submission_values == "probability" and len(classes) > 2):
+        return list(classes)
+    return list(comp.label)
 
 
 def member_texts(test: pd.DataFrame, comp, cfgs: dict) -> dict:
@@ -150,11 +158,13 @@ def run(layout: Layout, test_path: Path, out: Path, probs_dir: Path | None, meth
     start = time.perf_counter()
     comp = config.load(config.Competition, layout.competition)
     classes = json.loads(layout.classes.read_text())["classes"]
-    test, sample = read_test(test_path, comp, sample_path)
+    test, sample = read_test(test_path, comp, sample_path, classes)
     method = chosen_method(layout, method)
     scores_path = layout.ensemble_dir / method / "scores.json"
     if not scores_path.exists():
-        raise InputError(f"{scores_path} not found: run `make submit` first")
+        known = sorted(p.parent.name for p in layout.ensemble_dir.glob("*/scores.json"))
+        raise InputError(f"{scores_path} not found: method {method!r} is not fitted here (fitted: "
+                         f"{', '.join(known) or 'none; run make submit'})")
     probs = predict_members(layout, json.loads(scores_path.read_text())["members"], test, comp, len(classes))
     probs[method], scores = blend(layout, method, probs)
     thr = np.asarray(scores["thresholds"]) if "thresholds" in scores else 0.5
@@ -173,9 +183,12 @@ def use_bundle(root: Path) -> Layout:
     """Check the bundle, point NLTK at its WordNet; its layout."""
     verify(root)
     layout = Layout(root, is_bundle=True)
-    if layout.nltk_data is not None:
+    if layout.nltk_data is not None:  # the lemmatizer's WordNet, in this process and any worker it starts
+        import os
+
         import nltk
         nltk.data.path.insert(0, str(layout.nltk_data))
+        os.environ["NLTK_DATA"] = os.pathsep.join(filter(None, [str(layout.nltk_data), os.environ.get("NLTK_DATA")]))
     return layout
 
 

@@ -115,7 +115,10 @@ def pseudo_history(args, board_now: dict, test_scores) -> list[dict]:
         chosen = next(row for row in board["rows"] if row["name"] == board["chosen"] and row["kind"] == "method")
         entry = {"round": r, "cv": chosen["cv"], "chosen": board["chosen"], "test": test_scores(board)}
         if r:
-            rows = pd.read_parquet(Path(args.features) / f"pseudo_r{r}.parquet", columns=["fold", "confidence"])
+            rows_path = Path(args.features) / f"pseudo_r{r}.parquet"
+            if not rows_path.exists():
+                raise InputError(f"{rows_path} not found although {board_path} exists (make submit ROUND={r})")
+            rows = pd.read_parquet(rows_path, columns=["fold", "confidence"])
             entry.update(rows_per_fold=rows["fold"].value_counts().sort_index().to_dict(),
                          confidence=rows["confidence"].to_numpy(), n_rows=len(rows))
         rounds.append(entry)

@@ -4,8 +4,9 @@ Reads  FILE (with --refresh: each FILE and every file a stamp in DIR records)
 Writes STAMP (JSON: path, sha256, size, mtime_ns, since_ns) when its record is out of date, and sets the stamp's own
        modification time to `since_ns`: the moment FILE's content last changed
 Run    python -m foldstack.stamp FILE STAMP      (a stamp rule's recipe: FILE was just built, or is newer than STAMP)
-       python -m foldstack.stamp --refresh DIR FILE...   (the Makefile, once per run, before Make compares any
-       times: every stamp in DIR and every FILE's; prints the files newer than their unchanged stamps)
+       python -m foldstack.stamp --refresh DIR ARTEFACT... --sources SOURCE...   (the Makefile, once per run, before
+       Make compares any times: every stamp in DIR and every named file's; prints the artefacts left newer than
+       their unchanged stamps)
 
 Rules depend on .stamps/<file>.sha instead of <file>. Make compares a target's time with its stamps' times, and a
 stamp's time only moves when its file's bytes change, so:
@@ -15,8 +16,8 @@ stamp's time only moves when its file's bytes change, so:
   no stamp yet                     since = FILE's own time: a freshly built FILE, or a workspace built before stamps
                                    existed, does not look newer than what was built from it
   FILE missing                     nothing (under `make -n` it is still to be built by an earlier line of the plan)
-A workspace copied or restored without its times (cp -r) keeps working too: every stamp is put back to its `since`,
-which is older than the copied artefacts. Make re-reads a target's time after its recipe, so a stamp left at its
+A workspace copied or restored without its times (cp -r) keeps working too: every stamp is put back to its `since`
+and every artefact (never a source: user data may be read-only) to its recorded time. Make re-reads a target's time after its recipe, so a stamp left at its
 old time rebuilds nothing downstream. The refresh also runs under `make -n` (it is part of reading the Makefile): a
 dry run judges files as a real one would and writes nothing but stamps.
 """
@@ -30,7 +31,9 @@ import time
 from pathlib import Path
 
 
-def sha256(path: Path) -> str:
+def sha256(path) -> str:
+    """A file's SHA-256, read in 1 MiB blocks. (Here, not in foldstack.io: every `make` run imports this module,
+    which must stay free of numpy and pandas to start fast.)"""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -40,9 +43,10 @@ def sha256(path: Path) -> str:
 
 def read_stamp(stamp: Path) -> dict | None:
     try:
-        return json.loads(stamp.read_text())
+        record = json.loads(stamp.read_text())
     except (OSError, ValueError):  # missing, or cut short: hash again
         return None
+    return record if isinstance(record, dict) and "since_ns" in record else None
 
 
 def write_stamp(stamp: Path, record: dict) -> None:
@@ -54,8 +58,10 @@ def write_stamp(stamp: Path, record: dict) -> None:
     os.replace(tmp, stamp)
 
 
-def update(path: Path, stamp: Path) -> str:
-    """Bring `stamp` up to date with `path`; returns what happened: missing | same | touched | changed | new."""
+def update(path: Path, stamp: Path, artefact: bool = False) -> str:
+    """Bring `stamp` up to date with `path`; returns what happened: missing | same | touched | changed | new.
+    An artefact found with the same bytes and another time (copied, restored) gets its recorded time back
+    ("restored"); a source (user data, perhaps read-only) is never modified."""
     if not path.exists():
         return "missing"
     st = path.stat()
@@ -66,6 +72,10 @@ def update(path: Path, stamp: Path) -> str:
         return "same"
     record = {"path": str(path), "sha256": sha256(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     if old and old.get("sha256") == record["sha256"]:
+        if artefact:
+            os.utime(path, ns=(old["mtime_ns"], old["mtime_ns"]))
+            update(path, stamp)  # now "same": the stamp goes back to its since as well
+            return "restored"
         write_stamp(stamp, {**record, "since_ns": old["since_ns"]})
         return "touched"
     write_stamp(stamp, {**record, "since_ns": time.time_ns() if old else st.st_mtime_ns})
@@ -77,17 +87,19 @@ def stamp_path(folder: Path, path: str) -> Path:
     return Path(folder) / (path.replace("/", "~") + ".sha")
 
 
-def refresh(folder: Path, paths: list[str]) -> list[str]:
-    """update() every named file's stamp, and every other stamp in `folder`; returns the files now newer than their
-    unchanged stamps (touched or copied with the same bytes)."""
-    stamps = {stamp_path(folder, p): p for p in paths}
+def refresh(folder: Path, artefacts: list[str], sources: list[str] = ()) -> list[str]:
+    """update() every named file's stamp and every other stamp in `folder` (as sources); returns the artefacts
+    left newer than their unchanged stamps (a rule rebuilt them with identical bytes)."""
+    stamps = {stamp_path(folder, p): (p, False) for p in sources}
+    stamps.update({stamp_path(folder, p): (p, True) for p in artefacts})
     for stamp in Path(folder).glob("*.sha") if Path(folder).is_dir() else ():
         record = read_stamp(stamp)
-        if record and "path" in record:
-            stamps.setdefault(stamp, record["path"])
+        if record and "path" in record and "since_ns" in record:
+            stamps.setdefault(stamp, (record["path"], False))
     touched = []
-    for stamp, path in sorted(stamps.items()):
-        if update(Path(path), stamp) != "missing" and Path(path).stat().st_mtime_ns > stamp.stat().st_mtime_ns:
+    for stamp, (path, artefact) in sorted(stamps.items()):
+        outcome = update(Path(path), stamp, artefact)
+        if artefact and outcome != "missing" and Path(path).stat().st_mtime_ns > stamp.stat().st_mtime_ns:
             touched.append(path)
     return touched
 
@@ -95,7 +107,9 @@ def refresh(folder: Path, paths: list[str]) -> list[str]:
 def main(argv=None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) >= 2 and args[0] == "--refresh":
-        print(" ".join(refresh(Path(args[1]), args[2:])))
+        names = args[2:]
+        cut = names.index("--sources") if "--sources" in names else len(names)
+        print(" ".join(refresh(Path(args[1]), names[:cut], names[cut + 1:])))
     elif len(args) == 2:
         update(Path(args[0]), Path(args[1]))
     else:

@@ -190,7 +190,9 @@ def main(argv=None) -> None:
                             extra, pseudo, cache)
     fitted = res.pop("model", None)
     if cfg.keep_models and fitted is not None:
-        fold_models.save(fitted, out, args.fold)
+        fold_models.save(fitted, out, args.fold)  # replaces whatever an earlier run of this fold kept
+    else:
+        fold_models.remove(out, args.fold)
     summary = {k: v for k, v in res.items() if k not in ("val", "test")}
     summary.update(model=name, fold=args.fold, metric=comp.metric, config_hash=config.config_hash(cfg),
                    version=__version__, secs=time.perf_counter() - start, threads=torch.get_num_threads(),

@@ -123,7 +123,8 @@ def inference_attention(model, cfg, device):
     (README "Performance"); at inference nothing is kept, and eager predicted MiniLM 1.12x faster than SDPA at
     64 tokens (1 thread, no bf16; probabilities equal to 1e-4)."""
     from transformers import PreTrainedModel
-    encoders = [m for m in model.modules() if isinstance(m, PreTrainedModel)]
+    # set_attn_implementation is public from transformers 4.54; older versions predict with the loaded kernel
+    encoders = [m for m in model.modules() if isinstance(m, PreTrainedModel) and hasattr(m, "set_attn_implementation")]
     if device.type != "cpu" or cfg.attention != "auto" or cfg.max_len > EAGER_MAX_LEN or not encoders:
         yield
         return

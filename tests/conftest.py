@@ -110,6 +110,25 @@ def write_competition(ws: Path, n_train: int = 120, n_test: int = 40, **keys) ->
     return ws
 
 
+def write_multilabel(ws: Path, n: int = 120, n_train: int = 90, seed: int = 7) -> Path:
+    """A small multi-label competition in `ws`: one space-delimited label column `topics`, a quarter of the rows with a
+    second label, 3 folds, micro-F1 (data/raw + data/competition.yaml)."""
+    import yaml
+    names = ["acq", "earn", "grain"]
+    texts, y = corpus(n, seed=seed)
+    labels = [" ".join(sorted({names[k], names[(k + 1) % 3]} if i % 4 == 0 else {names[k]}))
+              for i, k in enumerate(y)]
+    comp = {"text": ["text"], "label": "topics", "task": "multilabel", "metric": "micro_f1", "n_folds": 3}
+    (ws / "data" / "competition.yaml").write_text(yaml.safe_dump(comp))
+    raw = ws / "data" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame({"id": [f"d{i}" for i in range(n)], "text": texts, "topics": labels})
+    frame[:n_train].to_csv(raw / "train.csv", index=False)
+    frame[n_train:][["id", "text"]].to_csv(raw / "test.csv", index=False)
+    frame[n_train:][["id"]].assign(topics="earn").to_csv(raw / "sample_submission.csv", index=False)
+    return ws
+
+
 @pytest.fixture
 def captured_fit(monkeypatch) -> dict:
     """Replace both fit functions of the train stage with one that records what a fold would train and validate

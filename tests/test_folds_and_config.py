@@ -107,3 +107,10 @@ def test_init_ships_every_member_and_the_competition_transformer(tmp_path):
     transformer = config.load(config.Model, tmp_path / "ws" / "models" / "minilm_bilstm.yaml")
     assert transformer.epochs > 1, "the competition default trains more than one epoch"
     assert (tmp_path / "ws" / "models" / "pretrain" / "minilm_mlm.yaml").exists()
+
+
+def test_a_renamed_key_says_what_replaced_it(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("save_checkpoint: true\n")
+    with pytest.raises(config.ConfigError, match=r"m\.yaml: unknown key 'save_checkpoint' \(replaced by keep_models"):
+        config.load(config.Model, path)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from foldstack import bundle, cli, fold_models
-from tests.conftest import corpus, write_competition
+from tests.conftest import write_competition, write_multilabel
 from tests.test_classical import FAST
 from tests.test_pipeline_e2e import TINY, make
 
@@ -94,7 +94,8 @@ def test_bundle_predicts_offline_like_the_workspace(trained, tmp_path):
     man = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert man["method"] == "stack_lr" and set(man["members"]) == set(models_for(None))
     assert (tmp_path / "bundle" / "nltk_data" / "corpora" / "wordnet").is_dir(), "tfidf_lr reads lemmas"
-    assert list((tmp_path / "bundle" / "wheels").glob("foldstack-*.whl"))
+    wheels = {p.name.split("-")[0] for p in (tmp_path / "bundle" / "wheels").glob("*.whl")}
+    assert {"foldstack", "scikit_learn", "lightgbm"} <= wheels, wheels  # lightgbm: tfidf_lgbm is a member
     elsewhere = tmp_path / "elsewhere"  # no workspace, no training artefacts
     elsewhere.mkdir()
     shutil.copy(trained / "data" / "raw" / "test.csv", elsewhere / "test.csv")
@@ -107,8 +108,8 @@ def test_bundle_predicts_offline_like_the_workspace(trained, tmp_path):
 
 @pytest.mark.slow
 def test_half_precision_bundle_is_smaller_and_agrees(trained, tmp_path):
-    make(trained, "export", f"DIR={tmp_path / 'full'}", "METHOD=mean")
-    make(trained, "export", f"DIR={tmp_path / 'half'}", "METHOD=mean", "HALF=bf16")
+    make(trained, "export", f"DIR={tmp_path / 'full'}", "METHOD=mean", "WHEELS=0")
+    make(trained, "export", f"DIR={tmp_path / 'half'}", "METHOD=mean", "HALF=bf16", "WHEELS=0")
     full = tmp_path / "full" / "folds" / "tiny_bert" / "fold0.safetensors"
     half = tmp_path / "half" / "folds" / "tiny_bert" / "fold0.safetensors"
     assert half.stat().st_size < 0.6 * full.stat().st_size
@@ -122,7 +123,7 @@ def test_half_precision_bundle_is_smaller_and_agrees(trained, tmp_path):
 @pytest.mark.slow
 def test_bundle_refuses_missing_edited_and_foreign_files(trained, tmp_path):
     root = tmp_path / "b"
-    make(trained, "export", f"DIR={root}", "METHOD=mean")
+    make(trained, "export", f"DIR={root}", "METHOD=mean", "WHEELS=0")
     with pytest.raises(bundle.InputError, match="already exists"):
         bundle.export(bundle.Layout(trained), "mean", root)
     model = root / "folds" / "nbsvm" / "fold1.joblib"
@@ -156,24 +157,14 @@ def test_a_fold_without_its_model_is_named(trained, tmp_path):
 
 @pytest.mark.slow
 def test_multilabel_predict_uses_the_blend_thresholds(tmp_path, tiny_roberta):
-    names = ["acq", "earn", "grain"]
-    texts, y = corpus(120, seed=7)
-    labels = [" ".join(sorted({names[k], names[(k + 1) % 3]} if i % 4 == 0 else {names[k]}))
-              for i, k in enumerate(y)]
     ws = tmp_path / "ml"
     cli.init(ws)
     for shipped in (ws / "models").glob("*.yaml"):
         shipped.unlink()
-    comp = {"text": ["text"], "label": "topics", "task": "multilabel", "metric": "micro_f1", "n_folds": 3}
-    (ws / "data" / "competition.yaml").write_text(yaml.safe_dump(comp))
+    write_multilabel(ws)
     (ws / "models" / "tiny_roberta.yaml").write_text(yaml.safe_dump({**TINY, "backbone": str(tiny_roberta)}))
     (ws / "models" / "tfidf_svm.yaml").write_text(yaml.safe_dump({"kind": "tfidf_svm", "params": FAST["tfidf_svm"]}))
     (ws / "ensemble" / "ensemble.yaml").write_text(yaml.safe_dump({"methods": ["weighted"], "submit": "weighted"}))
-    raw = ws / "data" / "raw"
-    frame = pd.DataFrame({"id": [f"d{i}" for i in range(120)], "text": texts, "topics": labels})
-    frame[:90].to_csv(raw / "train.csv", index=False)
-    frame[90:][["id", "text"]].to_csv(raw / "test.csv", index=False)
-    frame[90:][["id"]].assign(topics="earn").to_csv(raw / "sample_submission.csv", index=False)
     make(ws, "submit")
     make(ws, "predict", "TEST=data/raw/test.csv", "SAMPLE=data/raw/sample_submission.csv")
     assert (ws / "submissions" / "predict.csv").read_text() == (ws / "submissions" / "weighted.csv").read_text()
@@ -204,3 +195,13 @@ def test_cli_hands_predict_and_export_their_arguments(capsys):
     with pytest.raises(SystemExit):
         cli.main(["export", "--help"])
     assert "--half" in capsys.readouterr().out
+
+
+def test_default_columns_without_a_sample():
+    from foldstack import config, predict
+    classes = ["a", "b", "c"]
+    assert predict.default_columns(config.Competition(), classes) == ["label"]
+    assert predict.default_columns(config.Competition(submission_values="probability"), classes) == classes
+    assert predict.default_columns(config.Competition(task="binary", submission_values="probability"),
+                                   ["neg", "pos"]) == ["label"]
+    assert predict.default_columns(config.Competition(task="multilabel", label=("a", "b", "c")), classes) == classes

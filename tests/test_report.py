@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from foldstack import cli, report_html
-from tests.conftest import corpus, write_competition
+from tests.conftest import write_competition, write_multilabel
 from tests.test_classical import FAST
 from tests.test_pipeline_e2e import TINY, make
 
@@ -78,19 +78,10 @@ def test_multiclass_report_with_a_pseudo_round(tmp_path, tiny_bert):
 
 @pytest.mark.slow
 def test_multilabel_report(tmp_path):
-    names = ["acq", "earn", "grain", "corn"]
-    texts, y = corpus(120, seed=8)
-    labels = [" ".join(sorted({names[k], names[3]} if i % 3 == 0 else {names[k]})) for i, k in enumerate(y)]
     ws = workspace(tmp_path, {"tfidf_lr": {"kind": "tfidf_lr", "params": FAST["tfidf_lr"]},
                               "tfidf_svm": {"kind": "tfidf_svm", "params": FAST["tfidf_svm"]}})
-    comp = {"text": ["text"], "label": "topics", "task": "multilabel", "metric": "micro_f1", "n_folds": 3}
-    (ws / "data" / "competition.yaml").write_text(yaml.safe_dump(comp))
+    write_multilabel(ws)
     (ws / "ensemble" / "ensemble.yaml").write_text(yaml.safe_dump({"methods": ["mean", "weighted"]}))
-    raw = ws / "data" / "raw"
-    frame = pd.DataFrame({"id": [f"d{i}" for i in range(120)], "text": texts, "topics": labels})
-    frame[:90].to_csv(raw / "train.csv", index=False)
-    frame[90:][["id", "text"]].to_csv(raw / "test.csv", index=False)
-    frame[90:][["id"]].assign(topics="earn").to_csv(raw / "sample_submission.csv", index=False)
     make(ws, "report")
     html = check_page(ws / "reports", ["Labels: F1 against frequency", "Calibration", "Most confident mistakes"])
     assert "label_f1.png" in html and "threshold_curve.png" in html and "confusion_blend.png" not in html

@@ -30,8 +30,18 @@ def test_stamp_moves_only_when_the_bytes_change(tmp_path):
     assert stamp.update(tmp_path / "gone.csv", tmp_path / "st" / "gone.sha") == "missing"
     assert not (tmp_path / "st" / "gone.sha").exists()
     assert stamp.refresh(tmp_path / "st", []) == []
-    os.utime(f, ns=(time.time_ns() + 10**10,) * 2)
-    assert stamp.refresh(tmp_path / "st", [str(tmp_path / "b.csv")]) == [str(f)], "touched: newer than its stamp"
+    os.utime(f, ns=(time.time_ns() + 10**10,) * 2)  # a source touched: left alone, only its record follows
+    assert stamp.refresh(tmp_path / "st", [], [str(f)]) == [] and f.stat().st_mtime_ns > s.stat().st_mtime_ns
+    art = tmp_path / "art.npz"
+    art_stamp = stamp.stamp_path(tmp_path / "st", str(art))  # the name the Makefile gives its stamp
+    art.write_bytes(b"weights")
+    assert stamp.update(art, art_stamp, artefact=True) == "new"
+    built = art.stat().st_mtime_ns
+    os.utime(art, ns=(built + 10**10,) * 2)  # copied without its time: the artefact gets its time back
+    assert stamp.refresh(tmp_path / "st", [str(art)]) == [] and art.stat().st_mtime_ns == built
+    os.utime(art, ns=(built + 10**10,) * 2)
+    assert stamp.update(art, art_stamp) == "touched"  # a rule rebuilt it with the same bytes
+    assert stamp.refresh(tmp_path / "st", [str(art)]) == [str(art)], "left newer than its stamp: reported"
 
 
 def snapshot(ws: Path) -> dict:

@@ -1,2 +1,0 @@
-"""foldstack: k-fold text-classification competition pipeline (prep -> folds -> train -> gather -> submit)."""
-__version__ = "0.1.0"
