@@ -54,37 +54,38 @@ def workspace(tmp_path, models: dict):
 
 
 @pytest.mark.slow
-def test_multiclass_report_with_a_pseudo_round(tmp_path, tiny_bert):
-    ws = workspace(tmp_path, {"tiny": {**TINY, "backbone": str(tiny_bert), "max_len": 32},
-                              "tfidf_lr": {"kind": "tfidf_lr", "params": FAST["tfidf_lr"]},
+def test_multiclass_report_with_a_pseudo_round(tmp_path):
+    ws = workspace(tmp_path, {"tfidf_lr": {"kind": "tfidf_lr", "params": FAST["tfidf_lr"]},
                               "nbsvm": {"kind": "nbsvm", "params": FAST["nbsvm"]}})
     write_competition(ws, n_train=90, n_test=30)
     train = pd.read_csv(ws / "data" / "raw" / "train.csv")
     train.loc[:, "text"] = EVIL + " " + train["text"]  # every row, so the mistakes table shows it
+    train.loc[:5, "label"] = train.loc[:5, "label"].map({"neg": "pos", "neu": "neg", "pos": "neu"})  # mistakes
     train.to_csv(ws / "data" / "raw" / "train.csv", index=False)
     (ws / "ensemble" / "ensemble.yaml").write_text(yaml.safe_dump({"methods": ["mean", "weighted"]}))
     (ws / "features" / "pseudo.yaml").write_text(yaml.safe_dump({"threshold": 0.34, "agreement": False}))
     make(ws, "submit", "ROUND=1")
     out = make(ws, "report", "ROUND=1")
     assert "CV accuracy" in out and "report: reports/r1/index.html" in out
-    html = check_page(ws / "reports" / "r1", ["Leaderboard", "Confusion", "Calibration", "Training curves",
-                                              "Pseudo-label rounds", "Most confident mistakes"])
+    html = check_page(ws / "reports" / "r1", ["Leaderboard", "Confusion", "Calibration", "Pseudo-label rounds",
+                                              "Most confident mistakes"])
     assert EVIL not in html and "&lt;script&gt;alert(" in html, "data text is escaped"
     assert "<th>test</th>" in html, "data/solution.csv exists: test scores are shown"
-    assert "pseudo_rounds.png" in html and "training_curves.png" in html and "confusion_blend.png" in html
+    assert "pseudo_rounds.png" in html and "confusion_blend.png" in html
     make(ws, "report")
     check_page(ws / "reports", ["Leaderboard"])
 
 
 @pytest.mark.slow
-def test_multilabel_report(tmp_path):
-    ws = workspace(tmp_path, {"tfidf_lr": {"kind": "tfidf_lr", "params": FAST["tfidf_lr"]},
+def test_multilabel_report_with_training_curves(tmp_path, tiny_roberta):
+    ws = workspace(tmp_path, {"tiny": {**TINY, "backbone": str(tiny_roberta), "max_len": 32},
                               "tfidf_svm": {"kind": "tfidf_svm", "params": FAST["tfidf_svm"]}})
     write_multilabel(ws)
     (ws / "ensemble" / "ensemble.yaml").write_text(yaml.safe_dump({"methods": ["mean", "weighted"]}))
     make(ws, "report")
-    html = check_page(ws / "reports", ["Labels: F1 against frequency", "Calibration", "Most confident mistakes"])
-    assert "label_f1.png" in html and "threshold_curve.png" in html and "confusion_blend.png" not in html
+    html = check_page(ws / "reports", ["Labels: F1 against frequency", "Calibration", "Training curves",
+                                       "Most confident mistakes"])
+    assert "training_curves.png" in html and "label_f1.png" in html and "threshold_curve.png" in html and "confusion_blend.png" not in html
     assert "<th>test</th>" not in html, "no solution file: no test column"
 
 

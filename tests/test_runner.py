@@ -72,8 +72,7 @@ def workspace(root: Path, tiny_bert) -> Path:
         shipped.unlink()
     write_competition(ws, n_train=90, n_test=30)
     (ws / "models" / "tfidf_lr.yaml").write_text(yaml.safe_dump({"kind": "tfidf_lr", "params": FAST["tfidf_lr"]}))
-    (ws / "models" / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "backbone": str(tiny_bert), "max_len": 32,
-                                                             "epochs": 4}))
+    (ws / "models" / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "backbone": str(tiny_bert), "max_len": 32}))
     (ws / "ensemble" / "ensemble.yaml").write_text(yaml.safe_dump({"methods": ["mean"], "submit": "mean"}))
     return ws
 

@@ -50,9 +50,9 @@ def snapshot(ws: Path) -> dict:
             if p.is_file() and ".stamps" not in p.parts}
 
 
-@pytest.fixture
-def built(tmp_path):
-    ws = tmp_path / "ws"
+@pytest.fixture(scope="module")
+def built_once(tmp_path_factory):
+    ws = tmp_path_factory.mktemp("stamps") / "ws"
     cli.init(ws)
     for shipped in (ws / "models").glob("*.yaml"):
         shipped.unlink()
@@ -61,6 +61,14 @@ def built(tmp_path):
         (ws / "models" / f"{name}.yaml").write_text(yaml.safe_dump({"kind": name, "params": FAST[name]}))
     (ws / "ensemble" / "ensemble.yaml").write_text(yaml.safe_dump({"methods": ["mean", "weighted"]}))
     make(ws, "submit")
+    return ws
+
+
+@pytest.fixture
+def built(built_once, tmp_path):
+    """A copy of the built workspace, times kept (the stamps record paths relative to it)."""
+    ws = tmp_path / "ws"
+    shutil.copytree(built_once, ws, symlinks=True)
     return ws
 
 
