@@ -169,11 +169,11 @@ def figures(ctx: dict, members: dict, blend: dict, y: np.ndarray, out: Path, com
     else:
         best = max(members, key=lambda m: members[m]["cv"] * (1 if metrics.GREATER_IS_BETTER[metric] else -1))
         figs["confusion_blend"] = plots.heatmap(normalized_confusion(y, blend["oof"].argmax(1), len(classes)),
-                                                classes, f"blend {ctx['chosen']}: OOF confusion (rows: true)", out,
+                                                classes, f"blend {ctx['chosen']}\nOOF confusion (rows: true)", out,
                                                 "confusion_blend.png")
         figs["confusion_member"] = plots.heatmap(normalized_confusion(y, members[best]["oof"].argmax(1),
                                                                       len(classes)),
-                                                 classes, f"best member {best}: OOF confusion (rows: true)", out,
+                                                 classes, f"best member {best}\nOOF confusion (rows: true)", out,
                                                  "confusion_member.png")
     figs["pseudo"] = plots.pseudo_rounds(ctx["rounds"], metric, out)
     return {k: v for k, v in figs.items() if v}

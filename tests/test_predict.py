@@ -205,3 +205,19 @@ def test_default_columns_without_a_sample():
     assert predict.default_columns(config.Competition(task="binary", submission_values="probability"),
                                    ["neg", "pos"]) == ["label"]
     assert predict.default_columns(config.Competition(task="multilabel", label=("a", "b", "c")), classes) == classes
+
+
+@pytest.mark.slow
+def test_bad_test_files_stop_with_one_line(trained, tmp_path):
+    test = pd.read_csv(trained / "data" / "raw" / "test.csv")
+    test.drop(columns=["text"]).to_csv(tmp_path / "no_text.csv", index=False)
+    test.to_csv(tmp_path / "tabs.csv", index=False, sep="\t")
+    pd.concat([test, test.head(1)]).to_csv(tmp_path / "dup.csv", index=False)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for name, message in [("no_text.csv", "column 'text' is missing"), ("tabs.csv", "is the file separated by"),
+                          ("dup.csv", "duplicate id 'te0'")]:
+        done = subprocess.run([sys.executable, "-m", "foldstack.predict", f"--test={tmp_path / name}",
+                               f"--out={tmp_path / 'out.csv'}"], cwd=trained, env=env, capture_output=True, text=True)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode != 0 and len(lines) == 1 and message in lines[0] and name in lines[0], done.stderr
+        assert not (tmp_path / "out.csv").exists()
