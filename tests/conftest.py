@@ -110,6 +110,15 @@ def write_competition(ws: Path, n_train: int = 120, n_test: int = 40, **keys) ->
     return ws
 
 
+def empty_workspace(ws: Path) -> Path:
+    """`foldstack init ws` without the shipped model YAMLs: the test writes its own members."""
+    from foldstack import cli
+    cli.init(ws)
+    for shipped in (ws / "models").glob("*.yaml"):
+        shipped.unlink()
+    return ws
+
+
 def write_multilabel(ws: Path, n: int = 120, n_train: int = 90, seed: int = 7) -> Path:
     """A small multi-label competition in `ws`: one space-delimited label column `topics`, a quarter of the rows with a
     second label, 3 folds, micro-F1 (data/raw + data/competition.yaml)."""

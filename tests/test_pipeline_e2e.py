@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from foldstack import cli, demo
-from tests.conftest import ROOT, corpus
+from foldstack import demo
+from tests.conftest import ROOT, corpus, empty_workspace
 
 pytestmark = pytest.mark.slow  # each test drives Make through a whole pipeline
 
@@ -34,9 +34,7 @@ def make(ws: Path, *targets: str, dry: bool = False) -> str:
 
 def workspace(tmp_path: Path, competition: dict, models: dict) -> Path:
     ws = tmp_path / "ws"
-    cli.init(ws)
-    for shipped in (ws / "models").glob("*.yaml"):  # tiny models only
-        shipped.unlink()
+    empty_workspace(ws)
     (ws / "data" / "competition.yaml").write_text(yaml.safe_dump(competition))
     for name, keys in models.items():
         (ws / "models" / f"{name}.yaml").write_text(yaml.safe_dump({**TINY, **keys}))

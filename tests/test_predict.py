@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from foldstack import bundle, cli, fold_models
-from tests.conftest import write_competition, write_multilabel
+from tests.conftest import write_competition, write_multilabel, empty_workspace
 from tests.test_classical import FAST
 from tests.test_pipeline_e2e import TINY, make
 
@@ -43,9 +43,7 @@ def models_for(tiny_bert) -> dict:
 def trained(tmp_path_factory, tiny_bert):
     """A multi-class workspace with every member kind, blended by stack_lr (and mean), submitted."""
     ws = tmp_path_factory.mktemp("predict") / "ws"
-    cli.init(ws)
-    for shipped in (ws / "models").glob("*.yaml"):
-        shipped.unlink()
+    empty_workspace(ws)
     write_competition(ws, n_train=90, n_test=30)
     for name, keys in models_for(tiny_bert).items():
         (ws / "models" / f"{name}.yaml").write_text(yaml.safe_dump(keys))
@@ -158,9 +156,7 @@ def test_a_fold_without_its_model_is_named(trained, tmp_path):
 @pytest.mark.slow
 def test_multilabel_predict_uses_the_blend_thresholds(tmp_path, tiny_roberta):
     ws = tmp_path / "ml"
-    cli.init(ws)
-    for shipped in (ws / "models").glob("*.yaml"):
-        shipped.unlink()
+    empty_workspace(ws)
     write_multilabel(ws)
     (ws / "models" / "tiny_roberta.yaml").write_text(yaml.safe_dump({**TINY, "backbone": str(tiny_roberta)}))
     (ws / "models" / "tfidf_svm.yaml").write_text(yaml.safe_dump({"kind": "tfidf_svm", "params": FAST["tfidf_svm"]}))

@@ -6,7 +6,7 @@ import torch
 import yaml
 
 from foldstack import config, pretrain
-from tests.conftest import corpus
+from tests.conftest import corpus, empty_workspace
 
 
 def processed(tmp_path, labels_seed: int):
@@ -90,12 +90,9 @@ def test_masked_positions_loss_equals_the_models_own_loss(tiny_backbone):
 
 def test_a_model_on_a_pretrained_backbone_trains_after_the_pretraining(tmp_path, tiny_bert):
     import subprocess
-    from foldstack import cli
     from tests.conftest import write_competition
     ws = tmp_path / "ws"
-    cli.init(ws)
-    for shipped in (ws / "models").glob("*.yaml"):
-        shipped.unlink()
+    empty_workspace(ws)
     write_competition(ws)
     (ws / "models" / "pretrain" / "tiny.yaml").write_text(f"backbone: {tiny_bert}\nsteps: 2\n")
     (ws / "models" / "on_tiny.yaml").write_text("backbone: models/pretrain/tiny\nmax_len: 32\n")

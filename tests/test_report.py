@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from foldstack import cli, report_html
-from tests.conftest import write_competition, write_multilabel
+from foldstack import report_html
+from tests.conftest import write_competition, write_multilabel, empty_workspace
 from tests.test_classical import FAST
 from tests.test_pipeline_e2e import TINY, make
 
@@ -45,9 +45,7 @@ def check_page(folder, sections):
 
 def workspace(tmp_path, models: dict):
     ws = tmp_path / "ws"
-    cli.init(ws)
-    for shipped in (ws / "models").glob("*.yaml"):
-        shipped.unlink()
+    empty_workspace(ws)
     for name, keys in models.items():
         (ws / "models" / f"{name}.yaml").write_text(yaml.safe_dump(keys))
     return ws

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from foldstack import cli, runner
-from tests.conftest import write_competition
+from foldstack import runner
+from tests.conftest import write_competition, empty_workspace
 from tests.test_classical import FAST
 from tests.test_pipeline_e2e import TINY, make
 
@@ -67,9 +67,7 @@ def ray_cluster(tmp_path_factory):
 
 def workspace(root: Path, tiny_bert) -> Path:
     ws = root / "ws"
-    cli.init(ws)
-    for shipped in (ws / "models").glob("*.yaml"):
-        shipped.unlink()
+    empty_workspace(ws)
     write_competition(ws, n_train=90, n_test=30)
     (ws / "models" / "tfidf_lr.yaml").write_text(yaml.safe_dump({"kind": "tfidf_lr", "params": FAST["tfidf_lr"]}))
     (ws / "models" / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "backbone": str(tiny_bert), "max_len": 32}))

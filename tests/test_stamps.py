@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from foldstack import cli, stamp
-from tests.conftest import write_competition
+from foldstack import stamp
+from tests.conftest import write_competition, empty_workspace
 from tests.test_classical import FAST
 from tests.test_pipeline_e2e import make
 
@@ -53,9 +53,7 @@ def snapshot(ws: Path) -> dict:
 @pytest.fixture(scope="module")
 def built_once(tmp_path_factory):
     ws = tmp_path_factory.mktemp("stamps") / "ws"
-    cli.init(ws)
-    for shipped in (ws / "models").glob("*.yaml"):
-        shipped.unlink()
+    empty_workspace(ws)
     write_competition(ws, n_train=90, n_test=30)
     for name in ("tfidf_lr", "nbsvm"):
         (ws / "models" / f"{name}.yaml").write_text(yaml.safe_dump({"kind": name, "params": FAST[name]}))
