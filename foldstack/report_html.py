@@ -136,7 +136,10 @@ def leaderboard(args, comp, processed: Path):
         return board, {}, lambda b: None
     from .ensemble import holdout_scores
     test = holdout_scores(board, comp, processed, args.solution)
-    return board, test, lambda b: holdout_scores(b, comp, processed, args.solution).get(b["chosen"])
+
+    def chosen_test(b: dict) -> float:  # the report's own round is scored once, above
+        return (test if b == board else holdout_scores(b, comp, processed, args.solution)).get(b["chosen"])
+    return board, test, chosen_test
 
 
 def figures(ctx: dict, members: dict, blend: dict, y: np.ndarray, out: Path, comp, classes: list[str]) -> dict:
