@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 from . import __version__, config
 from .config import ConfigError
+from .errors import one_line_errors
 from .io import atomic_path
 from .text import lemmatize_texts, normalise
 
@@ -188,6 +189,7 @@ def run(name: str, cfg, train: pd.DataFrame, out: Path, workers: int = 2) -> boo
     return True
 
 
+@one_line_errors
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", required=True, choices=sorted(SETS), help="which augmented set to build")

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__, config, fold_models
+from .errors import one_line_errors
 from .io import InputError, save_json
 from .stamp import sha256
 
@@ -250,6 +251,7 @@ def _fill(layout: Layout, method: str, members: list[str], out: Path, tmp: Path,
     return man
 
 
+@one_line_errors
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="the bundle folder to create (must not exist)")

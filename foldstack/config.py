@@ -6,6 +6,7 @@ go through the same checks as the YAML (see `load`).
 """
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import hashlib
 import json
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from .errors import ConfigError  # noqa: F401 - the stages catch config.ConfigError
 
 
 class Loader(yaml.SafeLoader):
@@ -34,10 +37,6 @@ def read_yaml(text: str):
     return yaml.load(text, Loader=Loader)
 
 
-class ConfigError(ValueError):
-    """A config file is wrong; the message names the file and the key."""
-
-
 TASKS = ("multiclass", "binary", "multilabel")
 METRICS = ("accuracy", "macro_f1", "micro_f1", "log_loss")
 
@@ -49,6 +48,7 @@ class Competition:
     test: str = "data/raw/test.csv"
     sample_submission: str = "data/raw/sample_submission.csv"
     sep: str = ","                 # "\t" for TSV files such as iFLYTEK's
+    encoding: str = "utf-8"        # of train and test (latin-1, cp1252, gbk ...); a UTF-8 byte-order mark is dropped
     id: str = "id"
     text: tuple[str, ...] = ("text",)  # joined with the tokenizer's separator (title + abstract)
     label: tuple[str, ...] = ("label",)  # one column, or one 0/1 column per label (multilabel)
@@ -75,6 +75,10 @@ class Competition:
             bad.append(("label", "several label columns only make sense with task: multilabel"))
         if self.submission_values not in ("label", "probability"):
             bad.append(("submission_values", "must be label or probability"))
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            bad.append(("encoding", "is not an encoding Python knows (utf-8, latin-1, cp1252, gbk ...)"))
         return bad
 
     @property
@@ -137,6 +141,15 @@ class Model:
             bad.append(("layer_decay", "must be in (0, 1]"))
         if not 0 <= self.warmup < 1:
             bad.append(("warmup", "must be in [0, 1)"))
+        for key in ("lr", "head_lr"):
+            if not getattr(self, key) > 0:
+                bad.append((key, "must be a positive learning rate"))
+        if self.weight_decay < 0:
+            bad.append(("weight_decay", "must not be negative"))
+        if not self.max_grad_norm > 0:
+            bad.append(("max_grad_norm", "must be positive"))
+        if not 0 <= self.dropout < 1:
+            bad.append(("dropout", "must be in [0, 1)"))
         return bad
 
 
@@ -178,6 +191,14 @@ def parse_overrides(args: list[str]) -> dict:
 RENAMED = {"save_checkpoint": "replaced by keep_models (default true): every fold keeps its model beside its OOF"}
 
 
+def yaml_error(path: Path, err: yaml.YAMLError) -> str:
+    """One line: the file, the line and column where the parser stopped, and its reason."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    reason = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{path}: {where}not valid YAML: {reason}"
+
+
 def load(cls, path: str | Path, overrides: dict | None = None):
     """Read the YAML at `path` into the frozen dataclass `cls`, applying `overrides`; validate everything."""
     path = Path(path)
@@ -186,7 +207,7 @@ def load(cls, path: str | Path, overrides: dict | None = None):
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}".splitlines()[0]) from None
+        raise ConfigError(yaml_error(path, err)) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of key: value")
     raw.update(overrides or {})

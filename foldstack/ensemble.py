@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, config, metrics  # light: `make-vars` runs at every make; pandas & co load lazily
+from .errors import one_line_errors
 
 METHODS = ("mean", "weighted", "caruana", "stack_lr", "stack_lgbm")
 
@@ -280,6 +281,7 @@ def holdout_scores(board: dict, comp, processed: Path, solution: str) -> dict:
     return out
 
 
+@one_line_errors
 def main(argv=None) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default="ensemble/ensemble.yaml")

@@ -14,12 +14,17 @@ test row only the student fold it was labelled for (foldstack.pseudo); neither i
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from . import config
-from .io import save_csv
+from .errors import one_line_errors
+from .io import InputError, save_csv
 
 
 def label_matrix(labels, n_classes: int) -> np.ndarray:
@@ -39,11 +44,32 @@ def targets(df: pd.DataFrame, n_classes: int, multilabel: bool) -> np.ndarray:
 
 def read_fold_ids(folds_csv, train_ids: pd.Series) -> np.ndarray:
     """folds.csv -> fold per row of train.parquet; InputError if the two disagree (stale folds)."""
-    from .io import InputError
     folds = pd.read_csv(folds_csv, dtype={"id": str})
     if len(folds) != len(train_ids) or not (folds["id"].to_numpy() == train_ids.astype(str).to_numpy()).all():
         raise InputError(f"{folds_csv} does not match the processed train rows; re-run `make folds/folds.csv`")
     return folds["fold"].to_numpy()
+
+
+def check_groups(train: pd.DataFrame, comp: config.Competition) -> None:
+    """A group split needs at least n_folds distinct groups."""
+    n_groups = train["group"].nunique() if comp.group else comp.n_folds
+    if n_groups < comp.n_folds:
+        raise InputError(f"{comp.train}: column {comp.group!r}: {n_groups} distinct groups cannot fill "
+                         f"n_folds={comp.n_folds} folds; lower n_folds in competition.yaml or drop the group key")
+
+
+def rare_classes(train: pd.DataFrame, comp: config.Competition, classes: list[str]) -> str | None:
+    """A one-line warning when a single-label class has fewer rows than folds. Not an error: real competitions have
+    such classes, and every row still gets exactly one fold; the class is just not validated in every fold."""
+    if comp.multilabel:
+        return None
+    counts = np.bincount(train["label"].to_numpy(), minlength=len(classes))
+    rare = [j for j in np.flatnonzero(counts < comp.n_folds) if counts[j] > 0]
+    if not rare:
+        return None
+    names = ", ".join(f"{classes[j]!r} ({counts[j]})" for j in rare[:5]) + (", ..." if len(rare) > 5 else "")
+    return (f"warning: {comp.train}: column {comp.label[0]!r}: {len(rare)} class(es) have fewer rows than "
+            f"n_folds={comp.n_folds}, so some folds never validate them: {names}")
 
 
 def assign_folds(train: pd.DataFrame, comp: config.Competition, n_classes: int) -> np.ndarray:
@@ -63,8 +89,10 @@ def assign_folds(train: pd.DataFrame, comp: config.Competition, n_classes: int) 
         splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
         splits = splitter.split(np.zeros(len(train)), train["label"])
     fold = np.full(len(train), -1, dtype=np.int64)
-    for f, (_, val_idx) in enumerate(splits):
-        fold[val_idx] = f
+    with warnings.catch_warnings():  # "least populated class": rare_classes() says it in one line with names
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        for f, (_, val_idx) in enumerate(splits):
+            fold[val_idx] = f
     assert (fold >= 0).all(), "a row got no fold"
     return fold
 
@@ -74,20 +102,25 @@ def training_mask(folds: np.ndarray, fold: int) -> np.ndarray:
     return folds != fold
 
 
+@one_line_errors
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--competition", default="data/competition.yaml")
-    ap.add_argument("--train", default="data/processed/train.parquet")
-    ap.add_argument("--classes", default="data/processed/classes.json")
-    ap.add_argument("--out", default="folds/folds.csv")
+    ap.add_argument("--competition", default="data/competition.yaml", help="competition config (n_folds, seed)")
+    ap.add_argument("--train", default="data/processed/train.parquet", help="processed training rows")
+    ap.add_argument("--classes", default="data/processed/classes.json", help="the class list prep wrote")
+    ap.add_argument("--out", default="folds/folds.csv", help="where the fold assignment goes")
     args = ap.parse_args(argv)
     try:
         comp = config.load(config.Competition, args.competition)
-    except config.ConfigError as err:
+        train = pd.read_parquet(args.train)
+        classes = json.loads(Path(args.classes).read_text())["classes"]
+        check_groups(train, comp)
+    except (config.ConfigError, InputError) as err:
         sys.exit(f"error: {err}")
-    train = pd.read_parquet(args.train)
-    n_classes = len(pd.read_json(args.classes, typ="series")["classes"])
-    fold = assign_folds(train, comp, n_classes)
+    warning = rare_classes(train, comp, classes)
+    if warning:
+        print(warning, file=sys.stderr)
+    fold = assign_folds(train, comp, len(classes))
     save_csv(args.out, pd.DataFrame({"id": train["id"], "fold": fold}))
     print(f"folds: {len(train)} rows in {comp.n_folds} folds, sizes {np.bincount(fold).tolist()}")
 

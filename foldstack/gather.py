@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from . import __version__, metrics
+from . import __version__, config, metrics
+from .errors import one_line_errors
 from .folds import targets
-from .io import save_json, save_npy
+from .io import InputError, save_json, save_npy
 
 
 def assemble(parts: list[dict], n_train: int) -> tuple[np.ndarray, np.ndarray]:
@@ -35,11 +37,24 @@ def assemble(parts: list[dict], n_train: int) -> tuple[np.ndarray, np.ndarray]:
     return oof, test
 
 
+def check_same_config(summaries: list[dict], model_dir: Path, current: str | None, model_yaml) -> None:
+    """Every fold trained from one version of the model YAML, the current one when given: a YAML edited while
+    its folds trained (Make re-runs them all next time) must not be blended as one model meanwhile."""
+    want = current or summaries[0]["config_hash"]
+    for s in summaries:
+        if s["config_hash"] != want:
+            raise InputError(f"{model_dir}/fold{s['fold']}.json: trained from another version of "
+                             f"{model_yaml or 'the model YAML'} than {'it is now' if current else 'fold 0'} "
+                             f"(edited while the folds trained?); run `make folds` again to retrain them")
+
+
+@one_line_errors
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model-dir", required=True)
-    ap.add_argument("--n-folds", type=int, required=True)
-    ap.add_argument("--processed", default="data/processed")
+    ap.add_argument("--model-dir", required=True, help="folds/<m>[/r<r>]: the fold parts and where the OOF goes")
+    ap.add_argument("--n-folds", type=int, required=True, help="number of folds (competition.yaml n_folds)")
+    ap.add_argument("--processed", default="data/processed", help="train.parquet and classes.json")
+    ap.add_argument("--model", default=None, help="models/<m>.yaml: every fold must have trained from it as it is")
     args = ap.parse_args(argv)
     model_dir, processed = Path(args.model_dir), Path(args.processed)
     info = json.loads((processed / "classes.json").read_text())
@@ -47,6 +62,11 @@ def main(argv=None) -> None:
     train = pd.read_parquet(processed / "train.parquet")
     parts = [dict(np.load(model_dir / f"fold{k}.npz")) for k in range(args.n_folds)]
     summaries = [json.loads((model_dir / f"fold{k}.json").read_text()) for k in range(args.n_folds)]
+    try:
+        current = config.config_hash(config.load(config.Model, args.model)) if args.model else None
+        check_same_config(summaries, model_dir, current, args.model)
+    except (InputError, config.ConfigError) as err:
+        sys.exit(f"error: {err}")
     oof, test = assemble(parts, len(train))
     metric = summaries[0]["metric"]
     cv = metrics.score(metric, targets(train, len(info["classes"]), multilabel), oof, multilabel)

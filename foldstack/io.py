@@ -14,23 +14,31 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-
-class InputError(ValueError):
-    """Bad user input; the message is one line naming the file, row and column."""
+from .errors import InputError, OutputError, is_write_failure, kill_point  # noqa: F401 - InputError: the stages import it here
 
 
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
-    os.close(fd)
+    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds. A write that fails
+    for want of space or permission raises OutputError naming `path`; `path` itself is untouched."""
+    path, tmp = Path(path), None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.*.tmp{path.suffix}"):
+            stale.unlink()  # left by a killed run: Make runs one recipe per target, so no writer owns it now
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
+        os.close(fd)
         yield Path(tmp)
+        kill_point(f"write:{path.name}")
         os.replace(tmp, path)
+        kill_point(f"wrote:{path.name}")
+    except OSError as err:
+        if not is_write_failure(err):
+            raise
+        raise OutputError(f"{path}: cannot write ({err.strerror or str(err).splitlines()[0]}); "
+                          f"the earlier file, if any, is unchanged") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -64,17 +72,22 @@ def _jsonable(obj):
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def read_table(path: str | Path, sep: str, required: list[str]) -> pd.DataFrame:
-    """Read a CSV/TSV as strings; fail with one line if it is missing, empty, mis-separated or lacks a column."""
+def read_table(path: str | Path, sep: str, required: list[str], encoding: str = "utf-8") -> pd.DataFrame:
+    """Read a CSV/TSV as strings; fail with one line if it is missing, empty, not in `encoding`, mis-separated or
+    lacks a column. CRLF line ends and quoted newlines inside a field are read as pandas reads them; a UTF-8
+    byte-order mark is dropped (Excel writes one)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
     try:
-        df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+        df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""],
+                         encoding="utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding)
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: the file is empty") from None
     except pd.errors.ParserError as err:
         raise InputError(f"{path}: cannot parse with separator {sep!r}: {str(err).splitlines()[0]}") from None
+    except UnicodeDecodeError as err:
+        raise InputError(undecodable(path, encoding, err)) from None
     if len(df.columns) == 1 and required and df.columns[0] not in required:
         other = "\\t" if sep == "," else ","
         raise InputError(f"{path}: one column {df.columns[0][:60]!r} found with separator {sep!r}; "
@@ -87,7 +100,22 @@ def read_table(path: str | Path, sep: str, required: list[str]) -> pd.DataFrame:
     return df
 
 
+def undecodable(path: Path, encoding: str, err: UnicodeDecodeError) -> str:
+    """The line and bytes where `path` stops being `encoding` (pandas' offsets are per chunk: found again here)."""
+    data = path.read_bytes()
+    try:
+        data.decode(encoding)
+        where = ""
+    except UnicodeDecodeError as full:
+        line = data.count(b"\n", 0, full.start) + 1
+        where = f"line {line}: bytes {data[full.start:full.end]!r} "
+    return (f"{path}: {where}not valid {encoding} ({err.reason}); if the file is latin-1 or cp1252, set "
+            f"'encoding: latin-1' (or cp1252) in competition.yaml")
+
+
 def check_unique_ids(df: pd.DataFrame, id_col: str, path) -> None:
+    """No empty and no repeated id."""
+    first_missing(df, id_col, path)
     dup = df[id_col].duplicated()
     if dup.any():
         i = int(np.flatnonzero(dup.to_numpy())[0])

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .errors import one_line_errors
 from .io import save_json
 
 CHOICES = (64, 128, 256, 384, 512)
@@ -63,6 +64,7 @@ def report(lengths: np.ndarray, rec: dict) -> str:
     return "\n".join(lines)
 
 
+@one_line_errors
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train", required=True, help="data/processed/train.parquet")

@@ -31,6 +31,7 @@ import pandas as pd
 
 from . import config, fold_models
 from .bundle import Layout, chosen_method, verify
+from .errors import one_line_errors
 from .io import InputError, read_table, save_npy
 
 
@@ -38,7 +39,7 @@ def read_test(path: Path, comp: config.Competition, sample_path: Path | None, cl
     """The new test table and the frame whose columns / row order the submission takes."""
     from .io import check_unique_ids
     from .prep import check_sample
-    test = read_table(path, comp.sep, [comp.id, *comp.text])
+    test = read_table(path, comp.sep, [comp.id, *comp.text], comp.encoding)
     check_unique_ids(test, comp.id, path)
     if sample_path is not None:
         sample = read_table(sample_path, ",", [comp.id])
@@ -192,6 +193,7 @@ def use_bundle(root: Path) -> Layout:
     return layout
 
 
+@one_line_errors
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("test_file", nargs="?", help="the test file (or --test)")

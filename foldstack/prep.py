@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from . import config
+from .errors import one_line_errors
 from .io import InputError, check_unique_ids, first_missing, read_table, save_json, save_parquet
 from .text import join_text, lemmatize_texts
 
@@ -37,9 +38,39 @@ def class_list(train: pd.DataFrame, sample: pd.DataFrame, comp: config.Competiti
         found = {lab for cell in train[comp.label[0]] for lab in cell.split(comp.label_sep) if lab}
         return sorted(found)
     sample_cols = sample_label_columns(sample, comp)
-    if comp.task == "multiclass" and len(sample_cols) > 1:
+    if len(sample_cols) > 1:
         return sample_cols  # the sample has one probability column per class: that is the class list
     return sorted(train[comp.label[0]].unique())
+
+
+def check_sample_columns(sample: pd.DataFrame, train: pd.DataFrame, comp: config.Competition, path) -> None:
+    """The sample's columns beside the id must be a submission format foldstack writes (submit.to_frame)."""
+    cols = sample_label_columns(sample, comp)
+    if not cols:
+        raise InputError(f"{path}: no column beside {comp.id!r}; the sample must show the prediction column(s)")
+    if comp.multilabel and len(comp.label) > 1:
+        for col in comp.label:
+            if col not in cols:
+                raise InputError(f"{path}: column {col!r} is missing (a label column of competition.yaml)")
+        for col in cols:
+            if col not in comp.label:
+                raise InputError(f"{path}: column {col!r} is not a label column of competition.yaml")
+    elif len(cols) > 1 and not comp.multilabel and not set(train[comp.label[0]]) & set(cols):
+        raise InputError(f"{path}: columns {', '.join(cols[:5])} beside {comp.id!r} would be one per class, but no "
+                         f"training label is among them; a label-format sample has one column beside {comp.id!r}")
+
+
+def check_classes(train: pd.DataFrame, comp: config.Competition, path) -> None:
+    """Single-label training data needs two classes; a multi-label row in one column needs a label."""
+    col = comp.label[0]
+    if comp.multilabel and len(comp.label) == 1:
+        empty = train[col].map(lambda c: not [lab for lab in c.split(comp.label_sep) if lab]).to_numpy()
+        if empty.any():
+            i = int(np.flatnonzero(empty)[0])
+            raise InputError(f"{path}: row {i + 2}, column {col!r}: the row has no labels (only separators)")
+    elif not comp.multilabel and train[col].nunique() < 2:
+        raise InputError(f"{path}: column {col!r}: every row has the label {train[col].iloc[0]!r}; "
+                         f"a classifier needs at least two classes")
 
 
 def encode_labels(train: pd.DataFrame, classes: list[str], comp: config.Competition, path) -> pd.Series:
@@ -84,6 +115,8 @@ def prepare(train: pd.DataFrame, test: pd.DataFrame, sample: pd.DataFrame, comp:
     """Validated raw tables -> processed train, processed test, class list."""
     for col in comp.label:
         first_missing(train, col, comp.train)
+    check_classes(train, comp, comp.train)
+    check_sample_columns(sample, train, comp, comp.sample_submission)
     classes = class_list(train, sample, comp)
     labels = encode_labels(train, classes, comp, comp.train)
     texts = join_text(train, comp.text) + join_text(test, comp.text)
@@ -100,8 +133,8 @@ def prepare(train: pd.DataFrame, test: pd.DataFrame, sample: pd.DataFrame, comp:
 
 def read_raw(comp: config.Competition):
     extra = [comp.group] if comp.group else []
-    train = read_table(comp.train, comp.sep, [comp.id, *comp.text, *comp.label, *extra])
-    test = read_table(comp.test, comp.sep, [comp.id, *comp.text])
+    train = read_table(comp.train, comp.sep, [comp.id, *comp.text, *comp.label, *extra], comp.encoding)
+    test = read_table(comp.test, comp.sep, [comp.id, *comp.text], comp.encoding)
     sample = read_table(comp.sample_submission, ",", [comp.id])
     check_unique_ids(train, comp.id, comp.train)
     check_unique_ids(test, comp.id, comp.test)
@@ -109,6 +142,7 @@ def read_raw(comp: config.Competition):
     return train, test, sample
 
 
+@one_line_errors
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--competition", default="data/competition.yaml", help="competition config")

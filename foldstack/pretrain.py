@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from . import config
+from .errors import one_line_errors
 from .io import atomic_path
 
 
@@ -204,6 +205,7 @@ def write_backbone(model, tokenizer, out_dir: Path) -> None:
     tmp.rename(out_dir)
 
 
+@one_line_errors
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="models/pretrain/<name>.yaml")
@@ -213,6 +215,11 @@ def main(argv=None) -> None:
     args, overrides = ap.parse_known_args(argv)
     try:
         cfg = config.load(Pretrain, args.config, config.parse_overrides(overrides))
+        from .encoder import BackboneError, resolve_backbone
+        try:
+            resolve_backbone(cfg.backbone)
+        except BackboneError as err:
+            raise config.ConfigError(f"{args.config}: key 'backbone': {err}") from None
     except config.ConfigError as err:
         sys.exit(f"error: {err}")
     column = "text_lemma" if cfg.text == "lemma" else "text"

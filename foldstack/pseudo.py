@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from . import config, metrics
+from .errors import one_line_errors
 from .io import InputError
 
 
@@ -252,12 +253,13 @@ def run_score(args, cfg: Pseudo) -> None:
     """Per round: pseudo rows per student fold and their accuracy against the solution, nested CV, test score."""
     from .ensemble import holdout_scores
     from .io import read_table
+    from .score import unseen_labels
     from .submit import label_y
     comp = config.load(config.Competition, args.competition)
     processed = Path(args.processed)
     classes = json.loads((processed / "classes.json").read_text())["classes"]
     solution = read_table(args.solution, ",", [comp.id])
-    y = label_y(solution, classes, comp, args.solution)
+    y = label_y(solution, classes + unseen_labels(solution, classes, comp), comp, args.solution)  # unseen: misses
     last = 0
     while (round_dir(args.ensemble_root, last + 1) / "leaderboard.json").exists():
         last += 1
@@ -273,6 +275,7 @@ def run_score(args, cfg: Pseudo) -> None:
         print(line)
 
 
+@one_line_errors
 def main(argv=None) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default="features/pseudo.yaml")

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, f1_score
 
+from .errors import one_line_errors
 from .folds import label_matrix
 from .metrics import decide
 
@@ -64,6 +65,7 @@ def describe(man: dict, oof: np.ndarray, train: pd.DataFrame) -> list[str]:
     return lines
 
 
+@one_line_errors
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("manifests", nargs="+")

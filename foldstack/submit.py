@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from . import config, metrics
+from .errors import one_line_errors
 from .io import InputError, atomic_path, read_table
 
 
@@ -95,6 +96,7 @@ def write_submission(probs, out: Path, comp, processed: Path, threshold: float |
     return sub
 
 
+@one_line_errors
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--probs", nargs="+", required=True, help="test.npy files to average")

@@ -31,6 +31,7 @@ import torch
 
 from . import __version__, config
 from . import fold_models
+from .errors import one_line_errors
 from .folds import read_fold_ids, targets, training_mask
 from .io import InputError, atomic_path, save_json
 from .pseudo import join_targets, read_pseudo, training_rows
@@ -149,6 +150,7 @@ def write_fold(out: Path, fold: int, val_idx: np.ndarray, res: dict, summary: di
         np.savez(fh, val_idx=val_idx, val=res["val"].astype(np.float32), test=res["test"].astype(np.float32))
 
 
+@one_line_errors
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="models/<name>.yaml")
@@ -168,6 +170,12 @@ def main(argv=None) -> None:
         if cfg.kind != "transformer":  # the kind's params: an unknown key stops here, naming the file
             from .classical import parse_params
             parse_params(cfg, args.model)
+        if cfg.kind == "transformer":  # before any data is read: an unreachable Hub id stops in seconds
+            from .encoder import fits_backbone
+            try:
+                fits_backbone(cfg)
+            except config.ConfigError as err:
+                raise config.ConfigError(f"{args.model}: {err}") from None
     except config.ConfigError as err:
         sys.exit(f"error: {err}")
     processed, out = Path(args.processed), Path(args.out_dir)

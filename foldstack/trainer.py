@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .batching import collate, eval_batches, train_batches
+from .errors import kill_point
 from .optim import make_optimizer, make_scheduler
 
 
@@ -203,6 +204,7 @@ def train_epoch(model, data: FoldData, cfg, state: dict, rng, bar) -> float:
         (state["scaler"].scale(scaled) if state["scaler"] else scaled).backward()
         if b - window_start == window - 1:
             optimizer_step(model, state["optimizer"], state["scheduler"], state["scaler"], cfg.max_grad_norm)
+            kill_point("train-step")
         total += loss.detach()
         bar.update(1)
         if b % 20 == 0:

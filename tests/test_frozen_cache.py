@@ -49,7 +49,7 @@ def test_frozen_model_equals_the_unfrozen_model_with_the_same_weights(tiny_bert)
 
 
 def test_freeze_layers_beyond_the_backbone_is_refused(tiny_bert):
-    with pytest.raises(ValueError, match="freeze_layers 3 exceeds the 2 layers"):
+    with pytest.raises(ValueError, match="key .freeze_layers.: 3 exceeds the 2 layers"):
         build_model(cfg_for(tiny_bert, freeze_layers=3), 3)
 
 
