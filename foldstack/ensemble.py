@@ -131,8 +131,9 @@ def check_member(name: str, man: dict, oof_shape, test_shape, val_idx: list, ref
 def load_members(manifests: list[str], cfg: Ensemble, processed: Path, folds_csv: Path) -> Members:
     import pandas as pd
 
-    from .folds import read_fold_ids, targets
-    info = json.loads((processed / "classes.json").read_text())
+    from .folds import read_fold_ids
+    from .labels import classes_json, targets
+    info = classes_json(processed)
     train = pd.read_parquet(processed / "train.parquet", columns=["id", "labels" if info["task"] == "multilabel"
                                                                    else "label"])
     n_test = len(pd.read_parquet(processed / "test.parquet", columns=["id"]))
@@ -266,9 +267,10 @@ def holdout_scores(board: dict, comp, processed: Path, solution: str) -> dict:
     import pandas as pd
 
     from .io import read_table
+    from .labels import classes_json
     from .score import score_files
     from .submit import to_frame
-    classes = json.loads((processed / "classes.json").read_text())["classes"]
+    classes = classes_json(processed)["classes"]
     ids = pd.read_parquet(processed / "test.parquet", columns=["id"])["id"].to_numpy()
     sample = read_table(comp.sample_submission, ",", [comp.id])
     out = {}
@@ -342,9 +344,10 @@ def run(args, cfg: Ensemble, comp) -> None:
     else:  # score
         board = json.loads(board_path.read_text())
         print_board(board, holdout_scores(board, comp, processed, args.solution))
+        from .labels import classes_json
         from .score import score_files
         sub = Path(args.submissions) / f"{board['chosen']}.csv"
-        classes = json.loads((processed / "classes.json").read_text())["classes"]
+        classes = classes_json(processed)["classes"]
         print(f"score: {sub}  test {comp.metric} {score_files(sub, args.solution, comp, classes):.4f}")
 
 

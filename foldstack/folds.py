@@ -25,21 +25,7 @@ import pandas as pd
 from . import config
 from .errors import one_line_errors
 from .io import InputError, save_csv
-
-
-def label_matrix(labels, n_classes: int) -> np.ndarray:
-    """Lists of class indices -> 0/1 matrix [n_rows, n_classes]."""
-    y = np.zeros((len(labels), n_classes), dtype=np.float32)
-    for i, labs in enumerate(labels):
-        y[i, list(labs)] = 1.0
-    return y
-
-
-def targets(df: pd.DataFrame, n_classes: int, multilabel: bool) -> np.ndarray:
-    """Processed train rows -> class indices [n] (int64) or a 0/1 matrix [n, C] (float32)."""
-    if multilabel:
-        return label_matrix(df["labels"], n_classes)
-    return df["label"].to_numpy(dtype=np.int64)
+from .labels import label_matrix
 
 
 def read_fold_ids(folds_csv, train_ids: pd.Series) -> np.ndarray:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from . import __version__, config, metrics
 from .errors import one_line_errors
-from .folds import targets
+from .labels import classes_json, targets
 from .io import InputError, save_json, save_npy
 
 
@@ -57,7 +57,7 @@ def main(argv=None) -> None:
     ap.add_argument("--model", default=None, help="models/<m>.yaml: every fold must have trained from it as it is")
     args = ap.parse_args(argv)
     model_dir, processed = Path(args.model_dir), Path(args.processed)
-    info = json.loads((processed / "classes.json").read_text())
+    info = classes_json(processed)
     multilabel = info["task"] == "multilabel"
     train = pd.read_parquet(processed / "train.parquet")
     parts = [dict(np.load(model_dir / f"fold{k}.npz")) for k in range(args.n_folds)]

@@ -34,6 +34,7 @@ import pandas as pd
 from . import config, metrics
 from .errors import one_line_errors
 from .io import InputError
+from .labels import classes_json, read_pseudo
 
 
 @dataclass(frozen=True)
@@ -118,44 +119,6 @@ def fold_teachers(fold_tests: np.ndarray) -> np.ndarray:
     and fold k's student would learn them back through its pseudo labels; the fold-k models never saw them.
     """
     return fold_tests.mean(1)
-
-
-def training_rows(pseudo: pd.DataFrame, test: pd.DataFrame, fold: int, column: str, n_classes: int,
-                  multilabel: bool, soft: bool) -> tuple[list, np.ndarray]:
-    """(texts, targets) of fold `fold`'s pseudo rows; targets are probabilities [n, C] when soft and the file has
-    them, else class indices [n] / a 0/1 matrix [n, C] like the processed rows'."""
-    from .folds import targets
-    rows = pseudo[pseudo["fold"] == fold]
-    texts = test[column].to_numpy()[pd.Index(test["id"].astype(str)).get_indexer(rows["id"].astype(str))].tolist()
-    if soft and "probs" in rows:
-        return texts, np.array(rows["probs"].tolist(), dtype=np.float32).reshape(len(rows), n_classes)
-    return texts, targets(rows, n_classes, multilabel)
-
-
-def join_targets(y: np.ndarray, y_pseudo: np.ndarray, n_classes: int) -> np.ndarray:
-    """Original targets followed by the pseudo rows'. Cross-entropy takes class indices or probabilities, not a mix:
-    next to soft pseudo targets the original class indices become one-hot rows."""
-    if y.ndim == 1 and y_pseudo.ndim == 2:
-        y = np.eye(n_classes, dtype=np.float32)[y]
-    return np.concatenate([y, y_pseudo.astype(y.dtype)])
-
-
-def read_pseudo(path, test_ids: pd.Series, n_classes: int, multilabel: bool) -> pd.DataFrame:
-    """features/pseudo_r<r>.parquet, checked against the test set; InputError names the file, row and column."""
-    df = pd.read_parquet(path)
-    label = "labels" if multilabel else "label"
-    for col in ("id", "fold", label):
-        if col not in df.columns:
-            raise InputError(f"{path}: column {col!r} is missing (columns: {', '.join(df.columns)})")
-    bad_ids = df.index[~df["id"].astype(str).isin(test_ids.astype(str))]
-    values = df[label].explode().dropna() if multilabel else df[label]  # one entry per (row, label)
-    bad_labels = values.index[~values.astype(np.int64).between(0, n_classes - 1)]
-    for col, bad, what in (("id", bad_ids, "not a test id"), (label, bad_labels, "not a class index of classes.json")):
-        if len(bad):
-            i, value = int(bad[0]), df[col].iloc[int(bad[0])]
-            value = value.tolist() if hasattr(value, "tolist") else value  # 3, not np.int64(3)
-            raise InputError(f"{path}: row {i}, column {col!r}: {value!r} is {what}")
-    return df.assign(id=df["id"].astype(str))
 
 
 def next_round(cvs: list[float], metric: str, cfg: Pseudo) -> tuple[bool, str]:
@@ -243,7 +206,7 @@ def pseudo_accuracy(df: pd.DataFrame, solution_ids: pd.Series, y: np.ndarray, mu
         return float("nan")
     truth = y[pd.Index(solution_ids.astype(str)).get_indexer(df["id"])]
     if multilabel:
-        from .folds import label_matrix
+        from .labels import label_matrix
         return float((label_matrix(df["labels"], y.shape[1]) == truth).all(1).mean())
     truth = truth.argmax(1) if truth.ndim == 2 else truth.astype(np.int64)
     return float((df["label"].to_numpy() == truth).mean())
@@ -254,10 +217,10 @@ def run_score(args, cfg: Pseudo) -> None:
     from .ensemble import holdout_scores
     from .io import read_table
     from .score import unseen_labels
-    from .submit import label_y
+    from .labels import label_y
     comp = config.load(config.Competition, args.competition)
     processed = Path(args.processed)
-    classes = json.loads((processed / "classes.json").read_text())["classes"]
+    classes = classes_json(processed)["classes"]
     solution = read_table(args.solution, ",", [comp.id])
     y = label_y(solution, classes + unseen_labels(solution, classes, comp), comp, args.solution)  # unseen: misses
     last = 0

@@ -21,7 +21,7 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix, f1_score
 
 from .errors import one_line_errors
-from .folds import label_matrix
+from .labels import label_matrix
 from .metrics import decide
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 
 from . import metrics
 from . import report_plots as plots
-from .folds import targets
+from .labels import classes_json, targets
 from .io import InputError, atomic_path
 from .text import FIELD_SEP
 
@@ -189,7 +189,7 @@ def write_report(args, comp) -> Path:
     out = Path(args.html_dir)
     out.mkdir(parents=True, exist_ok=True)
     processed = Path(args.processed)
-    info = json.loads((processed / "classes.json").read_text())
+    info = classes_json(processed)
     classes, multilabel = info["classes"], comp.multilabel
     train = pd.read_parquet(processed / "train.parquet")
     y = targets(train, len(classes), multilabel)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,7 +19,7 @@ import pandas as pd
 from . import config, metrics
 from .errors import one_line_errors
 from .io import InputError, read_table
-from .submit import label_y
+from .labels import classes_json, label_y
 
 
 def unseen_labels(sol: pd.DataFrame, classes: list[str], comp: config.Competition) -> list[str]:
@@ -87,7 +86,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     try:
         comp = config.load(config.Competition, args.competition)
-        classes = json.loads((Path(args.processed) / "classes.json").read_text())["classes"]
+        classes = classes_json(args.processed)["classes"]
         value = score_files(args.submission, args.solution, comp, classes)
     except (InputError, config.ConfigError) as err:
         sys.exit(f"error: {err}")

@@ -12,7 +12,6 @@ multi-label). The written file is read back and checked against the sample befor
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pandas as pd
 from . import config, metrics
 from .errors import one_line_errors
 from .io import InputError, atomic_path, read_table
+from .labels import classes_json, label_y
 
 
 def to_frame(probs: np.ndarray, ids, classes: list[str], comp: config.Competition, sample: pd.DataFrame,
@@ -61,30 +61,8 @@ def check_submission(sub: pd.DataFrame, sample: pd.DataFrame, classes: list[str]
     label_y(sub, classes, comp, path)  # raises on a label outside the class list
 
 
-def label_y(df: pd.DataFrame, classes: list[str], comp: config.Competition, path) -> np.ndarray:
-    """A submission-format frame -> class indices [n] or a 0/1 matrix [n, C] (per-class columns: as is)."""
-    cols = [c for c in df.columns if c != comp.id]
-    if len(cols) > 1:
-        return df[classes].to_numpy(dtype=np.float64)
-    index = {c: j for j, c in enumerate(classes)}
-    cells = df[cols[0]].fillna("").astype(str)
-    if comp.submission_values == "probability" and not comp.multilabel:
-        return cells.astype(float).to_numpy()
-    rows = [[lab for lab in cell.split(comp.label_sep) if lab] if comp.multilabel else [cell] for cell in cells]
-    for i, labs in enumerate(rows):
-        bad = [lab for lab in labs if lab not in index]
-        if bad:
-            raise InputError(f"{path}: row {i + 2}, column {cols[0]!r}: label {bad[0]!r} is not in the class list")
-    if not comp.multilabel:
-        return np.array([index[labs[0]] for labs in rows])
-    y = np.zeros((len(rows), len(classes)))
-    for i, labs in enumerate(rows):
-        y[i, [index[lab] for lab in labs]] = 1
-    return y
-
-
 def write_submission(probs, out: Path, comp, processed: Path, threshold: float | np.ndarray = 0.5) -> pd.DataFrame:
-    classes = json.loads((processed / "classes.json").read_text())["classes"]
+    classes = classes_json(processed)["classes"]
     test = pd.read_parquet(processed / "test.parquet")
     sample = read_table(comp.sample_submission, ",", [comp.id])
     if probs.shape != (len(test), len(classes)):

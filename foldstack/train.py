@@ -19,7 +19,6 @@ models always on the hard labels.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -32,9 +31,9 @@ import torch
 from . import __version__, config
 from . import fold_models
 from .errors import one_line_errors
-from .folds import read_fold_ids, targets, training_mask
+from .folds import read_fold_ids, training_mask
 from .io import InputError, atomic_path, save_json
-from .pseudo import join_targets, read_pseudo, training_rows
+from .labels import classes_json, join_targets, read_pseudo, targets, training_rows
 
 
 def fit_transformer(cfg, comp, texts: dict, ys: dict, n_classes: int, log_path: Path, seed: int,
@@ -180,7 +179,7 @@ def main(argv=None) -> None:
         sys.exit(f"error: {err}")
     processed, out = Path(args.processed), Path(args.out_dir)
     train, test = pd.read_parquet(processed / "train.parquet"), pd.read_parquet(processed / "test.parquet")
-    classes = json.loads((processed / "classes.json").read_text())["classes"]
+    classes = classes_json(processed)["classes"]
     try:
         fold_of = read_fold_ids(args.folds, train["id"])
         pseudo = read_pseudo(args.pseudo, test["id"], len(classes), comp.multilabel) if args.pseudo else None

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from foldstack import config, pseudo
+from foldstack import config, labels, pseudo
 from foldstack import train as train_stage
 from foldstack.io import InputError
 from foldstack.trainer import loss_fn
@@ -123,8 +123,8 @@ def test_loss_takes_indices_or_probabilities():
 
 def test_join_targets():
     y = np.array([0, 2])
-    np.testing.assert_array_equal(pseudo.join_targets(y, np.array([1]), 3), [0, 2, 1])
-    joined = pseudo.join_targets(y, np.array([[0.1, 0.8, 0.1]], np.float32), 3)
+    np.testing.assert_array_equal(labels.join_targets(y, np.array([1]), 3), [0, 2, 1])
+    joined = labels.join_targets(y, np.array([[0.1, 0.8, 0.1]], np.float32), 3)
     np.testing.assert_allclose(joined, [[1, 0, 0], [0, 0, 1], [0.1, 0.8, 0.1]])
 
 
@@ -162,10 +162,10 @@ def test_bad_config_and_bad_rows_stop_with_one_line(tmp_path):
     rows = pd.DataFrame({"id": ["te0", "tr5"], "fold": [0, 1], "label": [1, 2]})
     rows.to_parquet(tmp_path / "p.parquet")
     with pytest.raises(InputError, match=r"p.parquet: row 1, column 'id': 'tr5' is not a test id"):
-        pseudo.read_pseudo(tmp_path / "p.parquet", pd.Series(["te0", "te1"]), 3, False)
+        labels.read_pseudo(tmp_path / "p.parquet", pd.Series(["te0", "te1"]), 3, False)
     rows.assign(id="te0", label=[1, 3]).to_parquet(tmp_path / "p.parquet")
     with pytest.raises(InputError, match=r"row 1, column 'label': 3 is not a class index"):
-        pseudo.read_pseudo(tmp_path / "p.parquet", pd.Series(["te0", "te1"]), 3, False)
+        labels.read_pseudo(tmp_path / "p.parquet", pd.Series(["te0", "te1"]), 3, False)
 
 
 def signed_round(ws, n_test=20, k=3):

@@ -6,7 +6,8 @@ import pytest
 from foldstack import config
 from foldstack.gather import assemble
 from foldstack.io import InputError
-from foldstack.submit import check_submission, label_y, to_frame
+from foldstack.labels import label_y
+from foldstack.submit import check_submission, to_frame
 
 CLASSES = ["a", "b", "c"]
 PROBS = np.array([[0.7, 0.2, 0.6], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]], dtype=np.float32)
