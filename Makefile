@@ -49,12 +49,14 @@ PROCESSED_ALL := $(PROCESSED) data/processed/test.parquet data/processed/classes
 # when its file's bytes do. A file touched, copied, checked out or restored unchanged re-runs nothing; a changed
 # file re-runs exactly what depends on it. $(call S,files) names the stamps; every file named so gets a rule below.
 # Sources (configs, raw files) are re-checked once per run before anything else; artefacts again after rebuilding.
-S = $(foreach f,$(1),.stamps/$(subst /,~,$(f)).sha)
+# Under `make -n` the stamps are a copy outside the workspace (foldstack.stamp --shadow): a dry run writes nothing.
+DRY := $(findstring n,$(filter-out --%,$(firstword -$(MAKEFLAGS))))
+STAMPS := $(or $(if $(and $(DRY),$(wildcard $(PY))),$(shell $(PY) -m foldstack.stamp --shadow .stamps)),.stamps)
+S = $(foreach f,$(1),$(STAMPS)/$(subst /,~,$(f)).sha)
 STAMPED :=
 SOURCES :=
 stamp = $(eval STAMPED += $(1))$(call S,$(1))
 source = $(eval SOURCES += $(1))$(call S,$(1))
-DRY := $(findstring n,$(filter-out --%,$(firstword -$(MAKEFLAGS))))
 
 help:  ## list the entry points
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -245,8 +247,9 @@ pseudo-score:  ## per round: pseudo rows and their accuracy vs SOLUTION, nested 
 # left newer than their unchanged stamps: rebuilt earlier with identical bytes.
 NO_STAMPS := help setup test clean bench demo-data
 STAMP_TOUCHED := $(if $(and $(wildcard $(PY)),$(filter-out $(NO_STAMPS),$(or $(MAKECMDGOALS),help))),\
-  $(shell $(PY) -m foldstack.stamp --refresh .stamps $(sort $(STAMPED)) --sources $(sort $(SOURCES))))
-$(if $(and $(DRY),$(STAMP_TOUCHED)),$(info # make -n: $(words $(STAMP_TOUCHED)) file(s) were rebuilt earlier with \
+  $(shell $(PY) -m foldstack.stamp --refresh $(STAMPS) $(if $(DRY),--dry) $(sort $(STAMPED)) --sources \
+  $(sort $(SOURCES))))
+$(if $(and $(DRY),$(STAMP_TOUCHED)),$(info # make -n: $(words $(STAMP_TOUCHED)) file(s) were rebuilt or copied with \
   identical bytes ($(firstword $(STAMP_TOUCHED)) ...); if this plan rebuilds one, the steps after it are not shown))
 
 # One rule per stamp. An artefact's stamp is checked again after the artefact is rebuilt (the recipe); a source's

@@ -4,9 +4,10 @@ Reads  FILE (with --refresh: each FILE and every file a stamp in DIR records)
 Writes STAMP (JSON: path, sha256, size, mtime_ns, since_ns) when its record is out of date, and sets the stamp's own
        modification time to `since_ns`: the moment FILE's content last changed
 Run    python -m foldstack.stamp FILE STAMP      (a stamp rule's recipe: FILE was just built, or is newer than STAMP)
-       python -m foldstack.stamp --refresh DIR ARTEFACT... --sources SOURCE...   (the Makefile, once per run, before
-       Make compares any times: every stamp in DIR and every named file's; prints the artefacts left newer than
-       their unchanged stamps)
+       python -m foldstack.stamp --refresh DIR [--dry] ARTEFACT... --sources SOURCE...   (the Makefile, once per run,
+       before Make compares any times: every stamp in DIR and every named file's; prints the artefacts left newer
+       than their unchanged stamps)
+       python -m foldstack.stamp --shadow DIR   (under `make -n`: copies DIR to a temporary folder, prints its path)
 
 Rules depend on .stamps/<file>.sha instead of <file>. Make compares a target's time with its stamps' times, and a
 stamp's time only moves when its file's bytes change, so:
@@ -17,9 +18,10 @@ stamp's time only moves when its file's bytes change, so:
                                    existed, does not look newer than what was built from it
   FILE missing                     nothing (under `make -n` it is still to be built by an earlier line of the plan)
 A workspace copied or restored without its times (cp -r) keeps working too: every stamp is put back to its `since`
-and every artefact (never a source: user data may be read-only) to its recorded time. Make re-reads a target's time after its recipe, so a stamp left at its
-old time rebuilds nothing downstream. The refresh also runs under `make -n` (it is part of reading the Makefile): a
-dry run judges files as a real one would and writes nothing but stamps.
+and every artefact (never a source: user data may be read-only) to its recorded time. Make re-reads a target's
+time after its recipe, so a stamp left at its old time rebuilds nothing downstream. The refresh also runs under `make -n` (it is part of reading the Makefile), on
+a shadow copy of the stamps outside the workspace (--shadow, --dry): a dry run judges files as a real one would
+and writes nothing in the workspace.
 """
 from __future__ import annotations
 
@@ -58,10 +60,11 @@ def write_stamp(stamp: Path, record: dict) -> None:
     os.replace(tmp, stamp)
 
 
-def update(path: Path, stamp: Path, artefact: bool = False) -> str:
+def update(path: Path, stamp: Path, artefact: bool = False, dry: bool = False) -> str:
     """Bring `stamp` up to date with `path`; returns what happened: missing | same | touched | changed | new.
     An artefact found with the same bytes and another time (copied, restored) gets its recorded time back
-    ("restored"); a source (user data, perhaps read-only) is never modified."""
+    ("restored"), except in a dry run (`make -n` changes nothing of the workspace; it reports the artefact as
+    touched); a source (user data, perhaps read-only) is never modified."""
     if not path.exists():
         return "missing"
     st = path.stat()
@@ -72,7 +75,7 @@ def update(path: Path, stamp: Path, artefact: bool = False) -> str:
         return "same"
     record = {"path": str(path), "sha256": sha256(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     if old and old.get("sha256") == record["sha256"]:
-        if artefact:
+        if artefact and not dry:
             os.utime(path, ns=(old["mtime_ns"], old["mtime_ns"]))
             update(path, stamp)  # now "same": the stamp goes back to its since as well
             return "restored"
@@ -87,7 +90,22 @@ def stamp_path(folder: Path, path: str) -> Path:
     return Path(folder) / (path.replace("/", "~") + ".sha")
 
 
-def refresh(folder: Path, artefacts: list[str], sources: list[str] = ()) -> list[str]:
+def shadow(folder: Path) -> Path:
+    """A copy of the stamp folder outside the workspace (times kept), for `make -n`: the dry run's refresh writes
+    there, so a dry run writes nothing in the workspace, yet judges every file as a real run would."""
+    import shutil
+    import tempfile
+    key = hashlib.sha256(str(Path.cwd().resolve()).encode()).hexdigest()[:16]
+    dest = Path(tempfile.gettempdir()) / f"foldstack-dry-{key}"
+    shutil.rmtree(dest, ignore_errors=True)
+    if Path(folder).is_dir():
+        shutil.copytree(folder, dest)  # copy2: the stamps keep their times, which are what Make compares
+    else:
+        dest.mkdir(parents=True)
+    return dest
+
+
+def refresh(folder: Path, artefacts: list[str], sources: list[str] = (), dry: bool = False) -> list[str]:
     """update() every named file's stamp and every other stamp in `folder` (as sources); returns the artefacts
     left newer than their unchanged stamps (a rule rebuilt them with identical bytes)."""
     stamps = {stamp_path(folder, p): (p, False) for p in sources}
@@ -98,7 +116,7 @@ def refresh(folder: Path, artefacts: list[str], sources: list[str] = ()) -> list
             stamps.setdefault(stamp, (record["path"], False))
     touched = []
     for stamp, (path, artefact) in sorted(stamps.items()):
-        outcome = update(Path(path), stamp, artefact)
+        outcome = update(Path(path), stamp, artefact, dry)
         if artefact and outcome != "missing" and Path(path).stat().st_mtime_ns > stamp.stat().st_mtime_ns:
             touched.append(path)
     return touched
@@ -106,10 +124,13 @@ def refresh(folder: Path, artefacts: list[str], sources: list[str] = ()) -> list
 
 def main(argv=None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) >= 2 and args[0] == "--refresh":
-        names = args[2:]
+    if len(args) == 2 and args[0] == "--shadow":
+        print(shadow(Path(args[1])))
+    elif len(args) >= 2 and args[0] == "--refresh":
+        dry = "--dry" in args
+        names = [a for a in args[2:] if a != "--dry"]
         cut = names.index("--sources") if "--sources" in names else len(names)
-        print(" ".join(refresh(Path(args[1]), names[:cut], names[cut + 1:])))
+        print(" ".join(refresh(Path(args[1]), names[:cut], names[cut + 1:], dry)))
     elif len(args) == 2:
         update(Path(args[0]), Path(args[1]))
     else:
