@@ -11,6 +11,7 @@ def run_prep(ws, capsys=None):
         prep.main([f"--competition={ws}/data/competition.yaml", f"--out-dir={ws}/data/processed", "--workers=1"])
     message = str(exc.value.code)
     assert message.startswith("error: ") and "\n" not in message, message
+    print(message)  # `pytest -rP tests/test_bad_input.py` lists the matrix as printed
     return message
 
 
@@ -186,7 +187,8 @@ def test_indicator_sample_missing_a_label_column(ws):
 def test_yaml_syntax_error_names_the_line(ws):
     path = ws / "data/competition.yaml"
     path.write_text(path.read_text() + "text: [title, body\nlabel: x\n")
-    assert "data/competition.yaml: line " in run_prep(ws) and "not valid YAML" in run_prep(ws)
+    msg = run_prep(ws)
+    assert "data/competition.yaml: line 9, column 6: not valid YAML: expected ',' or ']'" in msg
 
 
 def folds_main(ws):
@@ -201,6 +203,7 @@ def test_class_with_fewer_rows_than_folds_is_one_warning_line(ws, capsys):
     capsys.readouterr()
     folds_main(ws)
     err = capsys.readouterr().err.strip()
+    print(err)
     assert err == ("warning: data/raw/train.csv: column 'label': 1 class(es) have fewer rows than n_folds=3, so "
                    "some folds never validate them: 'rare' (2)")
     assert len(pd.read_csv(ws / "folds/folds.csv")) == 120  # every row still has its one fold
@@ -211,19 +214,22 @@ def test_group_column_that_cannot_fill_the_folds(ws):
     set_keys(ws, group="author")
     prep_ok(ws)
     with pytest.raises(SystemExit, match="data/raw/train.csv: column 'author': 2 distinct groups cannot fill "
-                                         "n_folds=3 folds"):
+                                         "n_folds=3 folds") as exc:
         folds_main(ws)
+    print(exc.value)
 
 
 def test_typo_and_negative_lr_in_a_model_yaml(tmp_path):
     from foldstack import config
     path = tmp_path / "m.yaml"
     path.write_text("kind: transformer\nlearnig_rate: 2e-5\n")
-    with pytest.raises(config.ConfigError, match=r"m\.yaml: unknown key 'learnig_rate'"):
+    with pytest.raises(config.ConfigError, match=r"m\.yaml: unknown key 'learnig_rate'") as exc:
         config.load(config.Model, path)
+    print(exc.value)
     path.write_text("kind: transformer\nlr: -2e-5\n")
-    with pytest.raises(config.ConfigError, match=r"m\.yaml: key 'lr' must be a positive learning rate"):
+    with pytest.raises(config.ConfigError, match=r"m\.yaml: key 'lr' must be a positive learning rate") as exc:
         config.load(config.Model, path)
+    print(exc.value)
 
 
 def test_hub_id_without_the_hub_fails_fast_with_a_hint(monkeypatch, tmp_path):
@@ -236,11 +242,13 @@ def test_hub_id_without_the_hub_fails_fast_with_a_hint(monkeypatch, tmp_path):
     start = time.perf_counter()
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(config.ConfigError, match="key 'backbone': backbone 'no-such-org/no-such-model' is not an "
-                                                 "alias .* cannot be reached: download it"):
+                                                 "alias .* cannot be reached: download it") as exc:
         encoder.fits_backbone(cfg)
+    print(exc.value)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(config.ConfigError, match="HF_HUB_OFFLINE=1 forbids the Hub: download it"):
+    with pytest.raises(config.ConfigError, match="HF_HUB_OFFLINE=1 forbids the Hub: download it") as exc:
         encoder.fits_backbone(cfg)
+    print(exc.value)
     assert time.perf_counter() - start < 20  # a hang guard, not a speed target
 
 
@@ -251,6 +259,7 @@ def test_max_len_beyond_the_backbone_stops_train_in_one_line(ws, tiny_bert):
     from foldstack import train
     with pytest.raises(SystemExit) as exc:
         train.main(["--model=m.yaml", "--fold=0", "--out-dir=folds/m"])
+    print(exc.value.code)
     assert str(exc.value.code) == f"error: m.yaml: key 'max_len': 512 exceeds the 128 positions of backbone " \
                                   f"'{tiny_bert}'"
 
@@ -263,7 +272,9 @@ def test_solution_label_unseen_in_training_is_a_miss(ws, capsys):
     sol.to_csv(ws / "sol.csv", index=False)
     sub.to_csv(ws / "sub.csv", index=False)
     assert score.score_files(ws / "sub.csv", ws / "sol.csv", comp, ["neg", "neu", "pos"]) == 0.5
-    assert "1 label(s) never seen in training (new): scored as misses" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    print(err)
+    assert "1 label(s) never seen in training (new): scored as misses" in err
 
 
 @pytest.mark.parametrize("code", ["ENOSPC", "EROFS"])
@@ -292,13 +303,15 @@ def test_model_yaml_edited_while_its_folds_trained(tmp_path):
     now = config.config_hash(config.load(config.Model, tmp_path / "m.yaml"))
     summaries = [{"fold": 0, "config_hash": now}, {"fold": 1, "config_hash": "0123456789ab"}]
     with pytest.raises(gather.InputError, match=r"fold1\.json: trained from another version of .*m\.yaml than it "
-                                                r"is now \(edited while the folds trained\?\)"):
+                                                r"is now \(edited while the folds trained\?\)") as exc:
         gather.check_same_config(summaries, tmp_path, now, tmp_path / "m.yaml")
+    print(exc.value)
     gather.check_same_config(summaries[:1], tmp_path, now, tmp_path / "m.yaml")  # one version: passes
 
 
 def test_the_suite_cannot_reach_the_network():
     """conftest's guard: a test that would need a registry or the Hub fails at once instead of passing online."""
     import urllib.request
-    with pytest.raises(OSError, match="must not use the network"):
+    with pytest.raises(OSError, match="must not use the network") as exc:
         urllib.request.urlopen("https://pypi.org/simple/", timeout=5)
+    print(exc.value)
