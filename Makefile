@@ -27,7 +27,7 @@ N_FOLDS := $(or $(word 1,$(COMP_VARS)),5)
 RAW := $(wordlist 2,4,$(COMP_VARS))
 FOLD_IDS := $(shell seq 0 $$(($(N_FOLDS) - 1)))
 MODELS := $(basename $(notdir $(wildcard models/*.yaml)))
-# Pseudo-label rounds (README "Pseudo-labels"): round 0 is the plain pipeline (folds/<m>/, ensemble/<method>/,
+# Pseudo-label rounds (docs/pseudo-labels.md): round 0 is the plain pipeline (folds/<m>/, ensemble/<method>/,
 # submissions/<method>.csv); round r >= 1 retrains every model from scratch with features/pseudo_r<r>.parquet and
 # writes folds/<m>/r<r>/, ensemble/r<r>/<method>/, submissions/r<r>/<method>.csv. ROUND=r picks the round that
 # folds, submit, score and report build; rules exist for rounds 0..ROUND, so round r builds whatever it lacks.
@@ -146,7 +146,7 @@ RUN = $(if $(RUNNER),$(PY) -m foldstack.runner --ray --cpus=$(RAY_CPUS) --,$(if 
   --slots=$(GPUS) --))
 # Training and prediction run on tcmalloc where it is installed (`make setup` adds it with apt; PyTorch's CPU
 # performance guide recommends it): glibc's heap fragments under length-bucketed batches of varying width and peaks
-# ~5% above HF Trainer's RSS; tcmalloc peaks below it and trains faster (README "Performance"). MALLOC= keeps glibc.
+# ~5% above HF Trainer's RSS; tcmalloc peaks below it and trains faster (docs/performance.md). MALLOC= keeps glibc.
 MALLOC ?= $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \
   /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4))
 preload = $(if $(MALLOC),LD_PRELOAD=$(MALLOC))

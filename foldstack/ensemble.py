@@ -51,7 +51,7 @@ class Ensemble:
     lgbm_num_leaves: int = 7
     lgbm_min_child_samples: int = 50
     lgbm_reg_lambda: float = 5.0
-    thresholds: str = "global"              # multi-label decisions: global | per_label | none (0.5); see README
+    thresholds: str = "global"              # multi-label decisions: global | per_label | none (0.5); docs/ensembles.md
     threshold_min_positives: int = 5        # rarer labels keep the global threshold
     n_jobs: int = 1                         # stack_lgbm's threads (more only pays on idle cores)
     seed: int = 42

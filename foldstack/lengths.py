@@ -8,7 +8,7 @@ Run    python -m foldstack.lengths --train=data/processed/train.parquet --out=da
 The recommendation: the smallest of 64 / 128 / 256 / 384 / 512 tokens that holds 90% of the texts whole, lowered
 while a k-fold run of the transformer would exceed the time budget; head_tail truncation (first quarter + last
 three quarters, Sun et al. 2019) when more than 10% of the texts are still cut, else head. The time estimate uses
-fine-tuning throughput measured on 2 CPU cores in fp32 (MiniLM-L6 + BiLSTM: TOKENS_PER_S, README "Performance"); a
+fine-tuning throughput measured on 2 CPU cores in fp32 (MiniLM-L6 + BiLSTM: TOKENS_PER_S, docs/performance.md); a
 bf16 CPU or a GPU is faster, and freeze_layers divides it further (measured on the demo, fp32: 1.9x with 3 of
 MiniLM's 6 layers frozen, 2.8x with 4).
 """

@@ -40,11 +40,11 @@ from .labels import classes_json, read_pseudo
 @dataclass(frozen=True)
 class Pseudo:
     """features/pseudo.yaml (unknown keys and wrong types are errors)."""
-    teacher: str = "per_fold"   # per_fold: fold k's student learns from fold-k models only | ensemble (leaks: README)
+    teacher: str = "per_fold"   # per_fold: fold k's student learns from fold-k models only | ensemble (leaks)
     threshold: float = 0.9      # a row's confidence: top probability; multi-label: every label's max(p, 1 - p)
     agreement: bool = True      # also every member decides as the teacher does (top-1; multi-label: each side)
     max_fraction: float = 0.5   # at most this share of the test set per student fold, the most confident first
-    labels: str = "hard"        # hard (class | label set) | soft (probabilities; transformers only, see README)
+    labels: str = "hard"        # hard (class | label set) | soft (probabilities; transformers only)
     min_delta: float = 0.001    # another round only if the last one improved the ensemble's nested CV this much
     max_rounds: int = 3         # pseudo-label rounds after round 0
 

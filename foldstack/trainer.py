@@ -121,7 +121,7 @@ def inference_attention(model, cfg, device):
     """Eager attention while predicting on a CPU (`attention: auto`, max_len <= EAGER_MAX_LEN), then the model's own.
 
     In training eager keeps every layer's attention probabilities for backward, which is why `auto` trains with SDPA
-    (README "Performance"); at inference nothing is kept, and eager predicted MiniLM 1.12x faster than SDPA at
+    (docs/performance.md); at inference nothing is kept, and eager predicted MiniLM 1.12x faster than SDPA at
     64 tokens (1 thread, no bf16; probabilities equal to 1e-4)."""
     from transformers import PreTrainedModel
     # set_attn_implementation is public from transformers 4.54; older versions predict with the loaded kernel
