@@ -5,12 +5,15 @@ Nothing here touches the network: the backbones are built from configs, their to
 """
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Tiny models gain nothing from a second thread, and OpenMP threads that spin-wait crawl when another job holds a
@@ -182,3 +185,50 @@ def captured_fit(monkeypatch) -> dict:
     monkeypatch.setattr(train_stage, "fit_transformer", fake_fit)
     monkeypatch.setattr(train_stage, "fit_classical", fake_fit)
     return captured
+
+
+# --- shared by the end-to-end tests: small members and driving Make in a workspace ---------------------------
+
+# classical members' params that keep the tests fast
+FAST = {"tfidf_lr": {"n_jobs": 1, "max_features": 5000},
+        "tfidf_lgbm": {"n_jobs": 1, "max_features": 2000, "svd_components": 16, "n_estimators": 40,
+                       "min_child_samples": 5},
+        "tfidf_svm": {"max_features": 5000}, "nbsvm": {"n_jobs": 1, "max_features": 5000},
+        "embed_lr": {"max_len": 32, "C": 100.0}}
+# a tiny transformer member (the backbone comes from tiny_bert / tiny_roberta)
+TINY = dict(kind="transformer", head="bilstm", lstm_hidden=16, max_len=64, epochs=2, batch_size=16, lr=1e-3,
+            head_lr=3e-3, amp="off", warmup=0.1)
+
+
+def make(ws: Path, *targets: str, dry: bool = False) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = ["make", "--no-print-directory", "-C", str(ws), *(["-n"] if dry else []), *targets]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def workspace(tmp_path: Path, competition: dict, models: dict) -> Path:
+    ws = tmp_path / "ws"
+    empty_workspace(ws)
+    (ws / "data" / "competition.yaml").write_text(yaml.safe_dump(competition))
+    for name, keys in models.items():
+        (ws / "models" / f"{name}.yaml").write_text(yaml.safe_dump({**TINY, **keys}))
+    # The plain mean keeps these runs short; tests/test_ensemble.py covers the other methods.
+    (ws / "ensemble" / "ensemble.yaml").write_text(yaml.safe_dump({"methods": ["mean"], "submit": "mean"}))
+    return ws
+
+
+def check_oof_contract(ws: Path, model: str, n_train: int, n_test: int, n_classes: int) -> dict:
+    out = ws / "folds" / model
+    oof, test = np.load(out / "oof.npy"), np.load(out / "test.npy")
+    assert oof.dtype == np.float32 and oof.shape == (n_train, n_classes)
+    assert test.dtype == np.float32 and test.shape == (n_test, n_classes)
+    manifest = json.loads((out / "manifest.json").read_text())
+    folds = pd.read_csv(ws / "folds" / "folds.csv")
+    rows = np.concatenate([np.load(out / f"fold{k}.npz")["val_idx"] for k in range(folds["fold"].nunique())])
+    assert sorted(rows.tolist()) == list(range(n_train)), "every OOF row written exactly once"
+    for k in range(folds["fold"].nunique()):  # each fold wrote exactly its own validation rows
+        assert set(np.load(out / f"fold{k}.npz")["val_idx"]) == set(np.flatnonzero(folds["fold"] == k))
+    assert {"classes", "cv", "fold_scores", "config_hash", "version", "train_secs"} <= set(manifest)
+    return manifest

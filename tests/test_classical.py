@@ -6,13 +6,8 @@ import pytest
 import yaml
 
 from foldstack import classical, config, train
-from tests.conftest import corpus, write_competition
+from tests.conftest import FAST, corpus, write_competition
 
-FAST = {"tfidf_lr": {"n_jobs": 1, "max_features": 5000},
-        "tfidf_lgbm": {"n_jobs": 1, "max_features": 2000, "svd_components": 16, "n_estimators": 40,
-                       "min_child_samples": 5},
-        "tfidf_svm": {"max_features": 5000}, "nbsvm": {"n_jobs": 1, "max_features": 5000},
-        "embed_lr": {"max_len": 32, "C": 100.0}}
 KINDS = list(FAST)
 
 

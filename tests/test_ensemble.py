@@ -10,8 +10,7 @@ from sklearn.base import clone
 
 from foldstack import blenders, ensemble, metrics
 from foldstack.io import InputError
-from tests.conftest import write_competition
-from tests.test_pipeline_e2e import make, workspace
+from tests.conftest import make, workspace, write_competition
 
 CLASSES = ["acq", "earn", "grain"]
 

@@ -16,8 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import empty_workspace, write_competition
-from tests.test_classical import FAST
+from tests.conftest import FAST, empty_workspace, write_competition
 
 pytestmark = pytest.mark.slow
 

@@ -5,42 +5,15 @@
 2. an iFLYTEK-format fixture (TAB-separated, paperid/title/abstract/categories, sample_submit.csv);
 3. a multi-label fixture with one delimited label column.
 """
-import json
-import os
-import subprocess
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from foldstack import demo
-from tests.conftest import ROOT, corpus, empty_workspace
+from tests.conftest import ROOT, check_oof_contract, corpus, make, workspace
 
 pytestmark = pytest.mark.slow  # each test drives Make through a whole pipeline
-
-TINY = dict(kind="transformer", head="bilstm", lstm_hidden=16, max_len=64, epochs=2, batch_size=16, lr=1e-3,
-            head_lr=3e-3, amp="off", warmup=0.1)
-
-
-def make(ws: Path, *targets: str, dry: bool = False) -> str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = ["make", "--no-print-directory", "-C", str(ws), *(["-n"] if dry else []), *targets]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout
-
-
-def workspace(tmp_path: Path, competition: dict, models: dict) -> Path:
-    ws = tmp_path / "ws"
-    empty_workspace(ws)
-    (ws / "data" / "competition.yaml").write_text(yaml.safe_dump(competition))
-    for name, keys in models.items():
-        (ws / "models" / f"{name}.yaml").write_text(yaml.safe_dump({**TINY, **keys}))
-    # The plain mean keeps these runs short; tests/test_ensemble.py covers the other methods.
-    (ws / "ensemble" / "ensemble.yaml").write_text(yaml.safe_dump({"methods": ["mean"], "submit": "mean"}))
-    return ws
 
 
 def demo_slice(raw: Path, solution: Path, n_train: int = 240, n_test: int = 60) -> None:
@@ -55,21 +28,6 @@ def demo_slice(raw: Path, solution: Path, n_train: int = 240, n_test: int = 60) 
     tables["test"].loc[test_rows].to_csv(raw / "test.csv", index=False)
     tables["sample_submission"].loc[test_rows].to_csv(raw / "sample_submission.csv", index=False)
     tables["solution"].loc[test_rows].to_csv(solution, index=False)
-
-
-def check_oof_contract(ws: Path, model: str, n_train: int, n_test: int, n_classes: int) -> dict:
-    out = ws / "folds" / model
-    oof, test = np.load(out / "oof.npy"), np.load(out / "test.npy")
-    assert oof.dtype == np.float32 and oof.shape == (n_train, n_classes)
-    assert test.dtype == np.float32 and test.shape == (n_test, n_classes)
-    manifest = json.loads((out / "manifest.json").read_text())
-    folds = pd.read_csv(ws / "folds" / "folds.csv")
-    rows = np.concatenate([np.load(out / f"fold{k}.npz")["val_idx"] for k in range(folds["fold"].nunique())])
-    assert sorted(rows.tolist()) == list(range(n_train)), "every OOF row written exactly once"
-    for k in range(folds["fold"].nunique()):  # each fold wrote exactly its own validation rows
-        assert set(np.load(out / f"fold{k}.npz")["val_idx"]) == set(np.flatnonzero(folds["fold"] == k))
-    assert {"classes", "cv", "fold_scores", "config_hash", "version", "train_secs"} <= set(manifest)
-    return manifest
 
 
 @pytest.fixture(scope="module")

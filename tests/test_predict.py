@@ -13,9 +13,7 @@ import pytest
 import yaml
 
 from foldstack import bundle, cli, fold_models
-from tests.conftest import write_competition, write_multilabel, empty_workspace
-from tests.test_classical import FAST
-from tests.test_pipeline_e2e import TINY, make
+from tests.conftest import FAST, TINY, empty_workspace, make, write_competition, write_multilabel
 
 TOL = {"tiny_bert": 1e-5, "tiny_frozen": 5e-3}  # frozen layers: fp32 here, the float16 cache in training
 CLASSICAL_TOL = 1e-5

@@ -15,9 +15,8 @@ from foldstack import config, labels, pseudo
 from foldstack import train as train_stage
 from foldstack.io import InputError
 from foldstack.trainer import loss_fn
-from tests.conftest import write_competition
+from tests.conftest import check_oof_contract, make, workspace, write_competition
 from tests.test_ensemble import ensemble_yaml, fake_workspace
-from tests.test_pipeline_e2e import check_oof_contract, make, workspace
 
 
 def onehot_probs(labels, conf, n_classes=3):

@@ -9,9 +9,7 @@ import pytest
 import yaml
 
 from foldstack import report_html
-from tests.conftest import write_competition, write_multilabel, empty_workspace
-from tests.test_classical import FAST
-from tests.test_pipeline_e2e import TINY, make
+from tests.conftest import FAST, TINY, empty_workspace, make, write_competition, write_multilabel
 
 PNG = b"\x89PNG\r\n\x1a\n"
 EVIL = "<script>alert('x')</script> & <b>bold</b>"

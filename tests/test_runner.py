@@ -14,9 +14,7 @@ import pytest
 import yaml
 
 from foldstack import runner
-from tests.conftest import write_competition, empty_workspace
-from tests.test_classical import FAST
-from tests.test_pipeline_e2e import TINY, make
+from tests.conftest import FAST, TINY, empty_workspace, make, write_competition
 
 JOB = """import json, os, sys, time
 start = time.time(); time.sleep(0.6)

@@ -9,9 +9,7 @@ import pytest
 import yaml
 
 from foldstack import stamp
-from tests.conftest import write_competition, empty_workspace
-from tests.test_classical import FAST
-from tests.test_pipeline_e2e import make
+from tests.conftest import FAST, empty_workspace, make, write_competition
 
 
 def test_stamp_moves_only_when_the_bytes_change(tmp_path):
