@@ -42,7 +42,7 @@ class Eda:
     alpha_rs: float = 0.1   # random swap
     alpha_rd: float = 0.1   # random deletion
     n_aug: int = 1          # copies per row, each by one operation; the paper: 4 for small data, 1-2 for large
-    seed: int = 42
+    seed: int = 42          # of the operations' random choices
 
     def check(self) -> list[tuple[str, str]]:
         bad = [(k, "must be in [0, 1]") for k in ("alpha_sr", "alpha_ri", "alpha_rs", "alpha_rd")
@@ -57,10 +57,10 @@ class Eda:
 @dataclass(frozen=True)
 class Backtrans:
     """English -> pivot -> English. apertium: offline, rule-based; marian: Hugging Face models, GPU if present."""
-    engine: str = "apertium"
+    engine: str = "apertium"  # apertium (offline, installed by make setup where apt works) | marian
     apertium_modes: tuple[str, ...] = ("eng-spa", "spa-eng_US")  # the pipe, in order (`apertium -l` lists modes)
     marian_forward: str = "Helsinki-NLP/opus-mt-en-es"  # Hub id or local directory
-    marian_back: str = "Helsinki-NLP/opus-mt-es-en"
+    marian_back: str = "Helsinki-NLP/opus-mt-es-en"     # the way back to English
     batch_size: int = 16     # marian: sentences per generate() call
     max_length: int = 256    # marian: tokens in and out per sentence
     num_beams: int = 1       # marian: 1 = greedy

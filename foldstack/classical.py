@@ -61,7 +61,7 @@ class TfidfLR(Tfidf):
     solver: str = "liblinear"      # liblinear: one-vs-rest, dual coordinate descent (fast on sparse n-grams);
     #                                lbfgs / saga: one multinomial model (multi-label: always one-vs-rest)
     class_weight: str | None = None  # null | balanced
-    max_iter: int = 300
+    max_iter: int = 300            # solver iterations
     n_jobs: int = 2                # one-vs-rest models fitted in parallel
 
     def check(self) -> list[tuple[str, str]]:
@@ -83,12 +83,12 @@ class TfidfLGBM(Tfidf):
     svd_components: int = 0        # 0: trees on the sparse TF-IDF columns; > 0: on a dense SVD projection
     n_estimators: int = 300        # upper bound; early stopping picks the round (see fit_lgbm)
     early_stopping_rounds: int = 30  # 0: always n_estimators rounds
-    learning_rate: float = 0.1
-    num_leaves: int = 15
-    min_child_samples: int = 10
-    colsample_bytree: float = 0.3
-    subsample: float = 0.8
-    reg_lambda: float = 1.0
+    learning_rate: float = 0.1     # shrinkage per tree
+    num_leaves: int = 15           # leaves per tree
+    min_child_samples: int = 10    # rows per leaf, at least
+    colsample_bytree: float = 0.3  # share of columns each tree sees
+    subsample: float = 0.8         # share of rows each tree sees (bagging every round)
+    reg_lambda: float = 1.0        # L2 penalty on leaf values
     max_bin: int = 63              # coarser histograms: faster, and TF-IDF values need few bins
     n_jobs: int = 1                # LightGBM's OpenMP threads; on 2 busy cores 2 threads ran up to 30x slower
 
@@ -109,9 +109,9 @@ class TfidfSVM(Tfidf):
     splits of the fold's training rows and maps its margins to probabilities on the held-out split (sigmoid)."""
     C: float = 0.5                 # inverse L2 strength (hinge loss: smaller than LogisticRegression's)
     class_weight: str | None = None  # null | balanced
-    calibration_folds: int = 3
+    calibration_folds: int = 3     # inner splits of the fold's training rows for the calibration
     calibration: str = "sigmoid"   # sigmoid (Platt) | isotonic (needs many rows per class)
-    max_iter: int = 2000
+    max_iter: int = 2000           # LinearSVC iterations
 
     def check(self) -> list[tuple[str, str]]:
         bad = super().check()
@@ -133,8 +133,8 @@ class NBSVM(Tfidf):
     char_ngrams: tuple[int, ...] | None = None
     word_ngrams: tuple[int, ...] = (1, 3)
     alpha: float = 1.0             # smoothing of the feature counts
-    C: float = 4.0
-    max_iter: int = 300
+    C: float = 4.0                 # inverse L2 strength of each class's LogisticRegression
+    max_iter: int = 300            # solver iterations
     n_jobs: int = 2                # classes fitted in parallel
 
     def check(self) -> list[tuple[str, str]]:
@@ -149,12 +149,12 @@ class EmbedLR:
     """kind: embed_lr. The encoder is not fine-tuned: each text's mean-pooled last hidden state is computed once
     (features/cache, shared by every fold) and a LogisticRegression is fitted per fold."""
     backbone: str = "minilm"       # minilm (installed), a local directory (e.g. a `make pretrain` output) or Hub id
-    max_len: int = 128
-    truncation: str = "head_tail"
+    max_len: int = 128             # tokens per text
+    truncation: str = "head_tail"  # head | tail | head_tail
     normalize: bool = True         # unit-length embeddings (sentence-transformers models are trained that way)
-    C: float = 10.0
-    max_iter: int = 1000
-    batch_size: int = 64
+    C: float = 10.0                # inverse L2 strength of the LogisticRegression
+    max_iter: int = 1000           # solver iterations
+    batch_size: int = 64           # texts per encoder batch
 
     def check(self) -> list[tuple[str, str]]:
         bad = []

@@ -44,20 +44,20 @@ METRICS = ("accuracy", "macro_f1", "micro_f1", "log_loss")
 @dataclass(frozen=True)
 class Competition:
     """data/competition.yaml: where the files are and what they mean."""
-    train: str = "data/raw/train.csv"
-    test: str = "data/raw/test.csv"
-    sample_submission: str = "data/raw/sample_submission.csv"
+    train: str = "data/raw/train.csv"   # the labelled rows
+    test: str = "data/raw/test.csv"     # the rows to predict
+    sample_submission: str = "data/raw/sample_submission.csv"  # the submission format: columns, ids, row order
     sep: str = ","                 # "\t" for TSV files such as iFLYTEK's
     encoding: str = "utf-8"        # of train and test (latin-1, cp1252, gbk ...); a UTF-8 byte-order mark is dropped
-    id: str = "id"
+    id: str = "id"                 # the id column of train, test and sample
     text: tuple[str, ...] = ("text",)  # joined with the tokenizer's separator (title + abstract)
     label: tuple[str, ...] = ("label",)  # one column, or one 0/1 column per label (multilabel)
     label_sep: str = " "           # multilabel in one column: labels split on this ("earn acq")
-    task: str = "multiclass"
+    task: str = "multiclass"       # multiclass | binary | multilabel
     group: str | None = None       # rows sharing a group stay in one fold
-    metric: str = "accuracy"
-    n_folds: int = 5
-    seed: int = 42
+    metric: str = "accuracy"       # accuracy | macro_f1 | micro_f1 | log_loss
+    n_folds: int = 5               # folds of the cross-validation every model and blend shares
+    seed: int = 42                 # of the fold assignment
     submission_values: str = "label"  # label | probability (binary: P(positive); multiclass: one column per class)
 
     def check(self) -> list[tuple[str, str]]:
@@ -98,31 +98,31 @@ class Model:
     """models/<name>.yaml: one base model. Defaults follow the recipe (anchors.md)."""
     kind: str = "transformer"      # transformer | tfidf_lr | tfidf_lgbm | tfidf_svm | nbsvm | embed_lr
     backbone: str = "minilm"       # Hub id, local directory, or the alias minilm (installed offline)
-    head: str = "bilstm"
+    head: str = "bilstm"           # bilstm (the recipe) | cls | mean | last4 (concatenated [CLS] of the top 4 layers)
     lstm_hidden: int = 256         # per direction
-    dropout: float = 0.1
+    dropout: float = 0.1           # before the output layer
     attention: str = "auto"        # auto: transformers' default (SDPA) | eager (faster on CPU, more memory) | sdpa
     attention_dropout: float | None = None  # None keeps the backbone's; 0 trains ~1.6x faster on CPU (offline.md)
-    max_len: int = 256
+    max_len: int = 256             # tokens per text after truncation (`make prep` recommends one)
     truncation: str = "head"       # head_tail keeps the first quarter and the last three quarters (Sun et al.)
-    epochs: int = 2
-    batch_size: int = 16
-    grad_accum: int = 1
+    epochs: int = 2                # the best epoch by validation score predicts OOF and test
+    batch_size: int = 16           # rows per micro-batch
+    grad_accum: int = 1            # micro-batches per optimizer step (effective batch = batch_size * grad_accum)
     lr: float = 2e-5               # top encoder layer; lower layers get lr * layer_decay**depth
-    layer_decay: float = 0.95
-    head_lr: float = 1e-4
-    weight_decay: float = 0.01
+    layer_decay: float = 0.95      # per layer below the top; embeddings lowest
+    head_lr: float = 1e-4          # the new head's lr
+    weight_decay: float = 0.01     # AdamW; not on biases and LayerNorm weights
     warmup: float = 0.1            # fraction of optimizer steps
-    max_grad_norm: float = 1.0
-    amp: str = "auto"
+    max_grad_norm: float = 1.0     # gradient clipping before each optimizer step
+    amp: str = "auto"              # auto (bf16 where native, fp16 on older GPUs, else fp32) | bf16 | fp16 | off
     text: str = "raw"              # raw | lemma
     augment: tuple[str, ...] = ()  # augmented sets to train with: features/<name>.parquet (e.g. [eda, backtrans])
     freeze_layers: int = 0         # embeddings + this many lowest layers frozen; their outputs cached once for all folds
     seeds: tuple[int, ...] = ()    # several seeds per fold, probabilities averaged (empty: just `seed`)
-    eval_batch_size: int = 64
+    eval_batch_size: int = 64      # rows per batch when predicting validation and test
     keep_models: bool = True       # keep each fold's fitted model beside its OOF part (folds/<m>/fold<k>.safetensors
     #                                or .joblib): `make predict` and `make export` need them; false: OOF arrays only
-    seed: int = 42
+    seed: int = 42                 # of the head's initialisation and the batch order (offset by the fold)
     params: dict = field(default_factory=dict)  # kind-specific options of classical models
 
     def check(self) -> list[tuple[str, str]]:
@@ -174,6 +174,33 @@ def coerce(value, hint, where: str):
     if not isinstance(value, base) or (base is int and isinstance(value, bool)):
         raise ConfigError(f"{where}: expected {getattr(base, '__name__', base)}, got {value!r}")
     return value
+
+
+def keys_help(cls) -> str:
+    """For a stage's --help: every key of the config dataclass `cls` with its default and the comment beside it in
+    the source (the comments are the keys' documentation), as `--key=value` overrides are written."""
+    import inspect
+    notes, last = {}, None
+    sources = [inspect.getsource(c) for c in reversed(cls.__mro__) if dataclasses.is_dataclass(c)]  # base first
+    for line in "\n".join(sources).splitlines():
+        field_line = re.match(r"\s+(\w+): [^=]+=[^#]*(?:#\s*(.*))?$", line)
+        if field_line:
+            last = field_line.group(1)
+            if field_line.group(2) or last not in notes:  # a subclass's new default keeps its base's comment
+                notes[last] = field_line.group(2) or ""
+        elif last and re.match(r"\s+#\s", line):  # a comment continued on the next line
+            notes[last] += " " + line.strip().lstrip("#").strip()
+        else:
+            last = None
+    lines = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        else:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)"
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        lines.append(f"  --{f.name}={shown}".ljust(30) + f" {notes.get(f.name, '')}".rstrip())
+    return "\n".join(lines)
 
 
 def parse_overrides(args: list[str]) -> dict:
@@ -252,7 +279,7 @@ def main(argv=None) -> None:
     import argparse
     import sys
     ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("path")
+    ap.add_argument("path", help="the YAML file to read")
     ap.add_argument("--make-vars", action="store_true", help="print n_folds and the raw file paths (competition)")
     ap.add_argument("--model", action="store_true", help="the file is a models/<name>.yaml")
     ap.add_argument("--deps", action="store_true", help="print a model's augmented sets and pretrained backbone "

@@ -39,22 +39,22 @@ METHODS = ("mean", "weighted", "caruana", "stack_lr", "stack_lgbm")
 class Ensemble:
     """ensemble/ensemble.yaml (unknown keys and wrong types are errors)."""
     members: tuple[str, ...] | None = None  # model names; null: every model with folds/<m>/manifest.json
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = METHODS      # mean | weighted | caruana | stack_lr | stack_lgbm: the blends to score
     submit: str = "best"                    # best (by nested CV) or one of the methods
     caruana_metric: str = "metric"          # what greedy selection maximises: metric (the competition's) | log_loss
-    caruana_rounds: int = 50
+    caruana_rounds: int = 50                # greedy additions (with replacement) of Caruana's selection
     stack_features: str = "logit"           # stackers' inputs: logit (log-odds / log p) | prob
-    stack_lr_C: float = 1.0
+    stack_lr_C: float = 1.0                 # inverse regularisation of the LogisticRegression stacker
     stack_min_positives: int = 20           # multi-label stack_lr: rarer labels keep the members' mean
-    lgbm_n_estimators: int = 200
-    lgbm_learning_rate: float = 0.05
-    lgbm_num_leaves: int = 7
-    lgbm_min_child_samples: int = 50
-    lgbm_reg_lambda: float = 5.0
+    lgbm_n_estimators: int = 200            # stack_lgbm: few shallow, strongly regularised trees
+    lgbm_learning_rate: float = 0.05        # stack_lgbm's shrinkage
+    lgbm_num_leaves: int = 7                # stack_lgbm's leaves per tree
+    lgbm_min_child_samples: int = 50        # stack_lgbm's rows per leaf, at least
+    lgbm_reg_lambda: float = 5.0            # stack_lgbm's L2 penalty
     thresholds: str = "global"              # multi-label decisions: global | per_label | none (0.5); docs/ensembles.md
     threshold_min_positives: int = 5        # rarer labels keep the global threshold
     n_jobs: int = 1                         # stack_lgbm's threads (more only pays on idle cores)
-    seed: int = 42
+    seed: int = 42                          # of the stackers and the nested CV's inner splits
 
     def check(self) -> list[tuple[str, str]]:
         bad = []
@@ -286,14 +286,14 @@ def holdout_scores(board: dict, comp, processed: Path, solution: str) -> dict:
 @one_line_errors
 def main(argv=None) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", default="ensemble/ensemble.yaml")
-    common.add_argument("--competition", default="data/competition.yaml")
-    common.add_argument("--processed", default="data/processed")
-    common.add_argument("--folds", default="folds/folds.csv")
+    common.add_argument("--config", default="ensemble/ensemble.yaml", help="the ensemble config")
+    common.add_argument("--competition", default="data/competition.yaml", help="competition config")
+    common.add_argument("--processed", default="data/processed", help="prep's folder (classes, ids)")
+    common.add_argument("--folds", default="folds/folds.csv", help="the fold of every row")
     common.add_argument("--manifests", nargs="*", default=None, help="default: folds/*/manifest.json")
-    common.add_argument("--ensemble-dir", default="ensemble")
+    common.add_argument("--ensemble-dir", default="ensemble", help="where blends go (a round's folder)")
     common.add_argument("--method", default=None, help="fit: the method; submit: a method instead of the chosen")
-    common.add_argument("--submissions", default="submissions")
+    common.add_argument("--submissions", default="submissions", help="where submissions go")
     common.add_argument("--solution", default="data/solution.csv", help="score: the test answers")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)

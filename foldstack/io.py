@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import InputError, OutputError, is_write_failure, kill_point  # noqa: F401 - InputError: the stages import it here
+# InputError is re-exported: the stages import it from here
+from .errors import InputError, OutputError, is_write_failure, kill_point  # noqa: F401
 
 
 @contextmanager

@@ -42,16 +42,16 @@ class Pretrain:
     text: str = "raw"              # raw | lemma: the text the fine-tuned models will read
     include_test: bool = True      # the test texts too (no labels are used, so this is fair)
     steps: int = 1000              # optimizer steps
-    max_len: int = 128
-    truncation: str = "head_tail"
-    batch_size: int = 32
-    lr: float = 5e-5
-    weight_decay: float = 0.01
+    max_len: int = 128             # tokens per text
+    truncation: str = "head_tail"  # head | tail | head_tail, as the model YAML's
+    batch_size: int = 32           # texts per step
+    lr: float = 5e-5               # AdamW, linear warmup then decay
+    weight_decay: float = 0.01     # not on biases and LayerNorm weights
     warmup: float = 0.06           # fraction of steps
     mlm_probability: float = 0.15  # share of tokens selected for masking (80% [MASK], 10% random, 10% kept)
     save_every: int = 200          # steps between resume checkpoints
     amp: str = "auto"              # as the model YAML's amp
-    seed: int = 42
+    seed: int = 42                 # of the masking and the text order
 
     def check(self) -> list[tuple[str, str]]:
         bad = []
@@ -207,7 +207,9 @@ def write_backbone(model, tokenizer, out_dir: Path) -> None:
 
 @one_line_errors
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="pretraining keys (the YAML's; any of them also as a --key=value override, checked "
+                                        "like the YAML):\n" + config.keys_help(Pretrain))
     ap.add_argument("--config", required=True, help="models/pretrain/<name>.yaml")
     ap.add_argument("--train", required=True, help="data/processed/train.parquet (its text column only)")
     ap.add_argument("--test", required=True, help="data/processed/test.parquet (read when include_test)")

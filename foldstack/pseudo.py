@@ -241,11 +241,11 @@ def run_score(args, cfg: Pseudo) -> None:
 @one_line_errors
 def main(argv=None) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", default="features/pseudo.yaml")
+    common.add_argument("--config", default="features/pseudo.yaml", help="the pseudo-label config")
     common.add_argument("--ensemble-config", default="ensemble/ensemble.yaml", help="its members: the teachers")
-    common.add_argument("--competition", default="data/competition.yaml")
-    common.add_argument("--processed", default="data/processed")
-    common.add_argument("--folds", default="folds/folds.csv")
+    common.add_argument("--competition", default="data/competition.yaml", help="competition config")
+    common.add_argument("--processed", default="data/processed", help="prep's folder")
+    common.add_argument("--folds", default="folds/folds.csv", help="the fold of every row")
     common.add_argument("--manifests", nargs="*", default=None, help="select: round r-1's members' manifests")
     common.add_argument("--ensemble-dir", default="ensemble", help="select: round r-1's ensemble/[r<r-1>]")
     common.add_argument("--out", default=None, help="select: features/pseudo_r<r>.parquet")

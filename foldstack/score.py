@@ -78,10 +78,10 @@ def report_unseen(sol_path, unseen: list[str], comp: config.Competition) -> None
 @one_line_errors
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--submission", required=True)
-    ap.add_argument("--solution", required=True)
-    ap.add_argument("--competition", default="data/competition.yaml")
-    ap.add_argument("--processed", default="data/processed")
+    ap.add_argument("--submission", required=True, help="the submission CSV to score")
+    ap.add_argument("--solution", required=True, help="the test answers, in the sample's format")
+    ap.add_argument("--competition", default="data/competition.yaml", help="competition config (metric)")
+    ap.add_argument("--processed", default="data/processed", help="prep's folder (the class list)")
     ap.add_argument("--json", action="store_true", help="print {metric, score} as JSON")
     args = ap.parse_args(argv)
     try:

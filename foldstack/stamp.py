@@ -18,10 +18,10 @@ stamp's time only moves when its file's bytes change, so:
                                    existed, does not look newer than what was built from it
   FILE missing                     nothing (under `make -n` it is still to be built by an earlier line of the plan)
 A workspace copied or restored without its times (cp -r) keeps working too: every stamp is put back to its `since`
-and every artefact (never a source: user data may be read-only) to its recorded time. Make re-reads a target's
-time after its recipe, so a stamp left at its old time rebuilds nothing downstream. The refresh also runs under `make -n` (it is part of reading the Makefile), on
-a shadow copy of the stamps outside the workspace (--shadow, --dry): a dry run judges files as a real one would
-and writes nothing in the workspace.
+and every artefact (never a source: user data may be read-only) to its recorded time. Make re-reads a target's time
+after its recipe, so a stamp left at its old time rebuilds nothing downstream. The refresh also runs under `make -n`
+(it is part of reading the Makefile), on a shadow copy of the stamps outside the workspace (--shadow, --dry): a dry
+run judges files as a real one would and writes nothing in the workspace.
 """
 from __future__ import annotations
 

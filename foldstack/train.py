@@ -151,13 +151,15 @@ def write_fold(out: Path, fold: int, val_idx: np.ndarray, res: dict, summary: di
 
 @one_line_errors
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="model keys (the YAML's; any of them also as a --key=value override, checked "
+                                        "like the YAML):\n" + config.keys_help(config.Model))
     ap.add_argument("--model", required=True, help="models/<name>.yaml")
-    ap.add_argument("--fold", type=int, required=True)
+    ap.add_argument("--fold", type=int, required=True, help="the validation fold (0 .. n_folds-1)")
     ap.add_argument("--out-dir", required=True, help="folds/<name>")
-    ap.add_argument("--competition", default="data/competition.yaml")
-    ap.add_argument("--processed", default="data/processed")
-    ap.add_argument("--folds", default="folds/folds.csv")
+    ap.add_argument("--competition", default="data/competition.yaml", help="competition config")
+    ap.add_argument("--processed", default="data/processed", help="prep's folder")
+    ap.add_argument("--folds", default="folds/folds.csv", help="the fold of every row")
     ap.add_argument("--features", default="features", help="where augmented sets <name>.parquet live")
     ap.add_argument("--pseudo", default=None, help="features/pseudo_r<r>.parquet: extra training rows per fold")
     ap.add_argument("--cache-dir", default="features/cache",

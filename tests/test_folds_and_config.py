@@ -114,3 +114,15 @@ def test_a_renamed_key_says_what_replaced_it(tmp_path):
     path.write_text("save_checkpoint: true\n")
     with pytest.raises(config.ConfigError, match=r"m\.yaml: unknown key 'save_checkpoint' \(replaced by keep_models"):
         config.load(config.Model, path)
+
+
+def test_every_config_key_has_help():
+    """Each key of every YAML config carries its meaning beside it: `--help` of train and pretrain lists them."""
+    from foldstack import augment, classical, ensemble, pretrain, pseudo
+    classes = [config.Competition, config.Model, pretrain.Pretrain, ensemble.Ensemble, pseudo.Pseudo, augment.Eda,
+               augment.Backtrans, classical.TfidfLR, classical.TfidfLGBM, classical.TfidfSVM, classical.NBSVM,
+               classical.EmbedLR]
+    for cls in classes:
+        undocumented = [line.split("=")[0].strip() for line in config.keys_help(cls).splitlines()
+                        if len(line.split(None, 1)) < 2]
+        assert not undocumented, f"{cls.__name__}: {undocumented}"
