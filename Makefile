@@ -21,12 +21,25 @@ SUB ?=
 .DEFAULT_GOAL := help
 .PHONY: help setup demo demo-data prep folds submit score report test bench clean
 
-# n_folds and the raw files come from the competition config (once the venv exists to read it).
-COMP_VARS := $(if $(wildcard $(PY)),$(shell $(PY) -m foldstack.config --make-vars $(COMP) 2>/dev/null))
-N_FOLDS := $(or $(word 1,$(COMP_VARS)),5)
-RAW := $(wordlist 2,4,$(COMP_VARS))
-FOLD_IDS := $(shell seq 0 $$(($(N_FOLDS) - 1)))
 MODELS := $(basename $(notdir $(wildcard models/*.yaml)))
+ENSEMBLE_CFG := $(or $(wildcard ensemble/ensemble.yaml),$(ROOT)/ensemble/ensemble.yaml)
+# Under `make -n` the stamps and vars.mk live in a copy outside the workspace (foldstack.stamp --shadow): a dry run
+# writes nothing here.
+DRY := $(findstring n,$(filter-out --%,$(firstword -$(MAKEFLAGS))))
+STAMPS := $(or $(if $(and $(DRY),$(wildcard $(PY))),$(shell $(PY) -m foldstack.stamp --shadow .stamps)),.stamps)
+
+# What the configs say that the rules need (foldstack.makevars): N_FOLDS, RAW (the competition's files), DEPS_<m>
+# (augmented sets, a pretrained backbone), METHODS. One generated include, remade when a config changes; a broken
+# config stops here with its one-line error. Goals that read no config skip it.
+VARS_MK := $(if $(DRY),$(STAMPS).vars.mk,build/vars.mk)
+NO_VARS := help setup test clean
+ifneq ($(and $(wildcard $(PY)),$(filter-out $(NO_VARS),$(or $(MAKECMDGOALS),help))),)
+$(VARS_MK): $(COMP) $(wildcard models/*.yaml) $(ENSEMBLE_CFG) $(ROOT)/foldstack/makevars.py
+	$(PY) -m foldstack.makevars --competition=$(COMP) --ensemble=$(ENSEMBLE_CFG) --out=$@ $(wildcard models/*.yaml)
+include $(VARS_MK)
+endif
+N_FOLDS ?= 5
+FOLD_IDS := $(shell seq 0 $$(($(N_FOLDS) - 1)))
 # Pseudo-label rounds (docs/pseudo-labels.md): round 0 is the plain pipeline (folds/<m>/, ensemble/<method>/,
 # submissions/<method>.csv); round r >= 1 retrains every model from scratch with features/pseudo_r<r>.parquet and
 # writes folds/<m>/r<r>/, ensemble/r<r>/<method>/, submissions/r<r>/<method>.csv. ROUND=r picks the round that
@@ -49,9 +62,6 @@ PROCESSED_ALL := $(PROCESSED) data/processed/test.parquet data/processed/classes
 # when its file's bytes do. A file touched, copied, checked out or restored unchanged re-runs nothing; a changed
 # file re-runs exactly what depends on it. $(call S,files) names the stamps; every file named so gets a rule below.
 # Sources (configs, raw files) are re-checked once per run before anything else; artefacts again after rebuilding.
-# Under `make -n` the stamps are a copy outside the workspace (foldstack.stamp --shadow): a dry run writes nothing.
-DRY := $(findstring n,$(filter-out --%,$(firstword -$(MAKEFLAGS))))
-STAMPS := $(or $(if $(and $(DRY),$(wildcard $(PY))),$(shell $(PY) -m foldstack.stamp --shadow .stamps)),.stamps)
 S = $(foreach f,$(1),$(STAMPS)/$(subst /,~,$(f)).sha)
 STAMPED :=
 SOURCES :=
@@ -120,9 +130,6 @@ folds/folds.csv: $(call stamp,$(PROCESSED_ALL)) $(call source,$(COMP))
 .PHONY: augment
 AUGMENT_CFG := $(or $(wildcard features/augment.yaml),$(ROOT)/features/augment.yaml)
 AUGMENT_SETS := eda backtrans
-# DEPS_<m>: the files model m's folds need beyond its YAML (augmented sets, a `make pretrain` backbone).
-$(foreach m,$(MODELS),$(eval DEPS_$(m) := $(if $(wildcard $(PY)),\
-  $(shell $(PY) -m foldstack.config --deps models/$(m).yaml 2>/dev/null))))
 USED_AUGMENT := $(filter $(AUGMENT_SETS),$(patsubst features/%.parquet,%,$(sort $(foreach m,$(MODELS),$(DEPS_$(m))))))
 
 augment: $(patsubst %,features/%.parquet,$(or $(USED_AUGMENT),$(AUGMENT_SETS)))  ## EDA / back-translated rows -> features/
@@ -170,8 +177,6 @@ folds: $(MANIFESTS)  ## k-fold training of every models/*.yaml -> folds/<m>/{oof
 # The ensemble stage (ensemble/ensemble.yaml; the project's copy when a workspace has none). One target per method:
 # nested CV on the members' folds, then the final fit for the test set. The leaderboard picks the method `submit`
 # writes (ensemble.yaml `submit:`, default the best nested CV).
-ENSEMBLE_CFG := $(or $(wildcard ensemble/ensemble.yaml),$(ROOT)/ensemble/ensemble.yaml)
-METHODS := $(if $(wildcard $(PY)),$(shell $(PY) -m foldstack.ensemble make-vars --config=$(ENSEMBLE_CFG) 2>/dev/null))
 ENSEMBLE = $(PY) -m foldstack.ensemble
 ensemble_args = --config=$(ENSEMBLE_CFG) --competition=$(COMP) --manifests $(call manifests,$(1)) \
   --ensemble-dir=$(call edir,$(1)) --submissions=$(call round_dir,submissions,$(1))
@@ -246,9 +251,9 @@ pseudo-score:  ## per round: pseudo rows and their accuracy vs SOLUTION, nested 
 # brought up to date with its file, in one process (not for goals that compare no artefact). It prints the artefacts
 # left newer than their unchanged stamps: rebuilt earlier with identical bytes.
 NO_STAMPS := help setup test clean bench demo-data
-STAMP_TOUCHED := $(if $(and $(wildcard $(PY)),$(filter-out $(NO_STAMPS),$(or $(MAKECMDGOALS),help))),\
+STAMP_TOUCHED := $(strip $(if $(and $(wildcard $(PY)),$(filter-out $(NO_STAMPS),$(or $(MAKECMDGOALS),help))),\
   $(shell $(PY) -m foldstack.stamp --refresh $(STAMPS) $(if $(DRY),--dry) $(sort $(STAMPED)) --sources \
-  $(sort $(SOURCES))))
+  $(sort $(SOURCES)))))
 $(if $(and $(DRY),$(STAMP_TOUCHED)),$(info # make -n: $(words $(STAMP_TOUCHED)) file(s) were rebuilt or copied with \
   identical bytes ($(firstword $(STAMP_TOUCHED)) ...); if this plan rebuilds one, the steps after it are not shown))
 
@@ -277,5 +282,5 @@ bench: $(PROCESSED) | $(SETUP)  ## foldstack vs HF Trainer vs the recipe's loop,
 
 clean:  ## remove generated artefacts (keeps data/raw, configs and .venv)
 	rm -rf data/processed folds/*/ folds/folds.csv features/*.parquet ensemble/*/ ensemble/leaderboard.json \
-	  submissions/*.csv submissions/*.probs/ submissions/r*/ reports/ .stamps/
+	  submissions/*.csv submissions/*.probs/ submissions/r*/ reports/ .stamps/ build/
 	rm -rf $(addprefix models/,$(MODELS)) features/cache $(PRETRAINS:%=models/pretrain/%)

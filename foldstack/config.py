@@ -272,29 +272,19 @@ def model_deps(cfg: Model) -> list[str]:
 
 
 def main(argv=None) -> None:
-    """`python -m foldstack.config --make-vars data/competition.yaml` prints "n_folds train test sample" for Make;
-    `python -m foldstack.config --deps models/x.yaml` prints the files model x's fold targets depend on beyond
-    its YAML: its augmented sets (features/<set>.parquet) and a `make pretrain` backbone's done.json;
-    `python -m foldstack.config FILE [--model]` validates a config and prints it."""
+    """`python -m foldstack.config FILE [--model]` validates a config and prints it with every default filled in.
+    (What the Makefile needs from the configs comes from foldstack.makevars.)"""
     import argparse
     import sys
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("path", help="the YAML file to read")
-    ap.add_argument("--make-vars", action="store_true", help="print n_folds and the raw file paths (competition)")
     ap.add_argument("--model", action="store_true", help="the file is a models/<name>.yaml")
-    ap.add_argument("--deps", action="store_true", help="print a model's augmented sets and pretrained backbone "
-                    "as Make prerequisites")
     args = ap.parse_args(argv)
     try:
-        cfg = load(Model if args.model or args.deps else Competition, args.path)
+        cfg = load(Model if args.model else Competition, args.path)
     except ConfigError as err:
         sys.exit(f"error: {err}")
-    if args.deps:
-        print(" ".join(model_deps(cfg)))
-    elif args.make_vars:
-        print(cfg.n_folds, cfg.train, cfg.test, cfg.sample_submission)
-    else:
-        print(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), end="")
+    print(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), end="")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, config, metrics  # light: `make-vars` runs at every make; pandas & co load lazily
+from . import __version__, config, metrics  # light: foldstack.makevars imports Ensemble; pandas & co load lazily
 from .errors import one_line_errors
 
 METHODS = ("mean", "weighted", "caruana", "stack_lr", "stack_lgbm")
@@ -299,17 +299,13 @@ def main(argv=None) -> None:
     sub = ap.add_subparsers(dest="command", required=True)
     for name, text in [("fit", "nested CV + final fit of --method"), ("leaderboard", "members' and methods' CV"),
                        ("submit", "write submissions/<chosen or --method>.csv"),
-                       ("score", "the leaderboard with test scores against --solution"),
-                       ("make-vars", "print the configured methods (for the Makefile)")]:
+                       ("score", "the leaderboard with test scores against --solution")]:
         sub.add_parser(name, parents=[common], help=text)
     args = ap.parse_args(argv)
     try:
         cfg = config.load(Ensemble, args.config)
     except config.ConfigError as err:
         sys.exit(f"error: {err}")
-    if args.command == "make-vars":
-        print(" ".join(cfg.methods))
-        return
     from .io import InputError
     try:
         run(args, cfg, config.load(config.Competition, args.competition))

@@ -126,3 +126,22 @@ def test_every_config_key_has_help():
         undocumented = [line.split("=")[0].strip() for line in config.keys_help(cls).splitlines()
                         if len(line.split(None, 1)) < 2]
         assert not undocumented, f"{cls.__name__}: {undocumented}"
+
+
+def test_makevars_renders_what_the_makefile_reads(tmp_path):
+    from foldstack import makevars
+    comp, ens = tmp_path / "competition.yaml", tmp_path / "ensemble.yaml"
+    comp.write_text("n_folds: 3\ntrain: raw/tr.csv\n")
+    ens.write_text("methods: [mean, stack_lr]\nsubmit: mean\n")
+    (tmp_path / "m.yaml").write_text("kind: transformer\naugment: [eda]\n")
+    (tmp_path / "c.yaml").write_text("kind: tfidf_lr\n")
+    text = makevars.render(comp, [tmp_path / "m.yaml", tmp_path / "c.yaml"], ens)
+    lines = text.splitlines()[1:]
+    assert lines == ["N_FOLDS := 3", "RAW := raw/tr.csv data/raw/test.csv data/raw/sample_submission.csv",
+                     "DEPS_c :=", "DEPS_m := features/eda.parquet", "METHODS := mean stack_lr"]
+    comp.write_text("train: my data/train.csv\n")  # Make would read two words
+    with pytest.raises(config.ConfigError, match=r"key 'train': 'my data/train.csv' cannot be a Make word"):
+        makevars.render(comp, [], ens)
+    comp.write_text("n_folds: [\n")
+    with pytest.raises(config.ConfigError, match="not valid YAML"):
+        makevars.render(comp, [], ens)
