@@ -19,7 +19,8 @@ SUB ?=
 .DELETE_ON_ERROR:
 .SUFFIXES:
 .DEFAULT_GOAL := help
-.PHONY: help setup demo demo-data prep folds submit score report test bench clean
+.PHONY: help setup demo demo-data prep pretrain augment folds submit score report pseudo pseudo-score predict \
+  export test bench clean
 
 MODELS := $(basename $(notdir $(wildcard models/*.yaml)))
 ENSEMBLE_CFG := $(or $(wildcard ensemble/ensemble.yaml),$(ROOT)/ensemble/ensemble.yaml)
@@ -114,7 +115,6 @@ $(filter-out $(PROCESSED),$(PROCESSED_ALL)): $(PROCESSED) ;
 
 # Within-task masked-LM pretraining: models/pretrain/<name>.yaml -> the backbone directory models/pretrain/<name>/
 # (done.json last); a model YAML names it as `backbone: models/pretrain/<name>` and its folds then depend on it.
-.PHONY: pretrain
 PRETRAINS := $(basename $(notdir $(wildcard models/pretrain/*.yaml)))
 SOURCES += $(PRETRAINS:%=models/pretrain/%.yaml)
 pretrain: $(PRETRAINS:%=models/pretrain/%/done.json)  ## masked-LM pretraining on train + test texts -> models/pretrain/<name>/
@@ -127,7 +127,6 @@ folds/folds.csv: $(call stamp,$(PROCESSED_ALL)) $(call source,$(COMP))
 
 # Augmented training sets (features/augment.yaml). A model trains with the sets its YAML's `augment:` lists, and
 # its fold targets depend on them; `make augment` builds the sets any model names (all of them if none does).
-.PHONY: augment
 AUGMENT_CFG := $(or $(wildcard features/augment.yaml),$(ROOT)/features/augment.yaml)
 AUGMENT_SETS := eda backtrans
 USED_AUGMENT := $(filter $(AUGMENT_SETS),$(patsubst features/%.parquet,%,$(sort $(foreach m,$(MODELS),$(DEPS_$(m))))))
@@ -197,15 +196,7 @@ $(patsubst %,$(call round_dir,submissions,$(1))/%.csv,$(METHODS)): $(call round_
 endef
 $(foreach r,$(ROUNDS),$(eval $(call ENSEMBLE_RULES,$(r))))
 
-# Round r's pseudo rows ($(1) = r, $(2) = r - 1) come from round r-1's models, as ensemble.yaml's members; the
-# leaderboard as prerequisite brings the whole round r-1 (and the chosen blend, for `teacher: ensemble`).
-define PSEUDO_RULE
-features/pseudo_r$(1).parquet: $(call stamp,$(call edir,$(2))/leaderboard.json $(PROCESSED_ALL)) \
-  $(call source,$(PSEUDO_CFG))
-	$(PY) -m foldstack.pseudo select --config=$(PSEUDO_CFG) --ensemble-config=$(ENSEMBLE_CFG) --competition=$(COMP) \
-	  --manifests $(call manifests,$(2)) --ensemble-dir=$(call edir,$(2)) --out=$$@
-endef
-$(foreach r,$(filter-out 0,$(ROUNDS)),$(eval $(call PSEUDO_RULE,$(r),$(word $(r),$(ROUNDS)))))
+include $(ROOT)/make/pseudo.mk  # pseudo-label rounds: features/pseudo_r<r>.parquet, make pseudo, make pseudo-score
 
 submit: $(call edir,$(ROUND))/leaderboard.json  ## blend the models -> submissions/[r<r>/]<method>.csv
 	$(ENSEMBLE) submit $(ENSEMBLE_ARGS)
@@ -218,22 +209,7 @@ report: $(call edir,$(ROUND))/leaderboard.json  ## OOF summary + reports/[r<r>/]
 	$(PY) -m foldstack.report $(MANIFESTS) --html-dir=$(call round_dir,reports,$(ROUND)) \
 	  --ensemble-dir=$(call edir,$(ROUND)) --competition=$(COMP) --solution=$(SOLUTION)
 
-# `make pseudo`: round after round, each an ordinary `make submit ROUND=r` (so an interrupted run resumes at its
-# first unfinished fold), while the last round raised the blend's nested CV by min_delta, up to max_rounds
-# (features/pseudo.yaml). `foldstack.pseudo next-round` prints the next round, or nothing to stop.
-.PHONY: pseudo pseudo-score
-PSEUDO_ARGS = --config=$(PSEUDO_CFG) --competition=$(COMP) --ensemble-root=ensemble
-pseudo:  ## pseudo-label rounds while the nested CV improves -> folds/<m>/r<r>/, ensemble/r<r>/, submissions/r<r>/
-	@# make -n: round 0's plan only (whether round 1 runs depends on round 0's scores, which a dry run has not got)
-	@if [ -n "$(DRY)" ]; then $(MAKE) --no-print-directory submit ROUND=0; \
-	  echo "# then pseudo-label rounds while the nested CV improves (features/pseudo.yaml)"; exit 0; fi; \
-	r=0; while [ -n "$$r" ]; do \
-	  $(MAKE) --no-print-directory submit ROUND=$$r && \
-	  r=$$($(PY) -m foldstack.pseudo next-round --round=$$r $(PSEUDO_ARGS)) || exit 1; \
-	done
-
 # Apply the trained pipeline to a new file, or pack it for an offline notebook (foldstack.predict, foldstack.bundle).
-.PHONY: predict export
 OUT ?= submissions/predict.csv
 $(if $(and $(filter predict,$(MAKECMDGOALS)),$(if $(TEST),,x)),$(error make predict needs TEST=path/to/test.csv))
 $(if $(and $(filter export,$(MAKECMDGOALS)),$(if $(DIR),,x)),$(error make export needs DIR=path/to/new/folder))
@@ -243,31 +219,6 @@ predict: $(call edir,$(ROUND))/leaderboard.json  ## TEST=file [OUT= METHOD= SAMP
 
 export: $(call edir,$(ROUND))/leaderboard.json  ## DIR=folder [METHOD= HALF=fp16 ROUND= WHEELS=0]: an offline bundle
 	$(PY) -m foldstack.bundle --out="$(DIR)" --round=$(ROUND) $(if $(METHOD),--method=$(METHOD)) $(if $(HALF),--half=$(HALF)) $(if $(filter 0,$(WHEELS)),--no-wheels)
-
-pseudo-score:  ## per round: pseudo rows and their accuracy vs SOLUTION, nested CV, test score
-	$(PY) -m foldstack.pseudo score $(PSEUDO_ARGS) --features=features --solution=$(SOLUTION)
-
-# Once per run, before Make compares any times (it does so only after reading this whole file): every stamp made or
-# brought up to date with its file, in one process (not for goals that compare no artefact). It prints the artefacts
-# left newer than their unchanged stamps: rebuilt earlier with identical bytes.
-NO_STAMPS := help setup test clean bench demo-data
-STAMP_TOUCHED := $(strip $(if $(and $(wildcard $(PY)),$(filter-out $(NO_STAMPS),$(or $(MAKECMDGOALS),help))),\
-  $(shell $(PY) -m foldstack.stamp --refresh $(STAMPS) $(if $(DRY),--dry) $(sort $(STAMPED)) --sources \
-  $(sort $(SOURCES)))))
-$(if $(and $(DRY),$(STAMP_TOUCHED)),$(info # make -n: $(words $(STAMP_TOUCHED)) file(s) were rebuilt or copied with \
-  identical bytes ($(firstword $(STAMP_TOUCHED)) ...); if this plan rebuilds one, the steps after it are not shown))
-
-# One rule per stamp. An artefact's stamp is checked again after the artefact is rebuilt (the recipe); a source's
-# stamp only after a rule makes the source (order-only: the refresh above keeps it current). Under `make -n` the
-# recipe is printed, not run, and Make takes the stamp as changed wherever the plan rebuilds its file; a touched
-# artefact's stamp then waits on nothing, so a dry run plans exactly what a real one would do.
-define STAMP_RULE
-$(call S,$(1)): $(2)
-	$(if $(DRY),,@)$(PY) -m foldstack.stamp $(1) $$@
-endef
-ORDER_ONLY := $(sort $(filter-out $(STAMPED),$(SOURCES)) $(if $(DRY),$(STAMP_TOUCHED)))
-$(foreach f,$(sort $(filter-out $(ORDER_ONLY),$(STAMPED))),$(eval $(call STAMP_RULE,$(f),$(f))))
-$(foreach f,$(ORDER_ONLY),$(eval $(call STAMP_RULE,$(f),| $(f))))
 
 test: setup  ## setup + the test suite
 	@# the Ray runner's test starts a real local cluster: Ray is an extra, installed for the suite only
@@ -284,3 +235,6 @@ clean:  ## remove generated artefacts (keeps data/raw, configs and .venv)
 	rm -rf data/processed folds/*/ folds/folds.csv features/*.parquet ensemble/*/ ensemble/leaderboard.json \
 	  submissions/*.csv submissions/*.probs/ submissions/r*/ reports/ .stamps/ build/
 	rm -rf $(addprefix models/,$(MODELS)) features/cache $(PRETRAINS:%=models/pretrain/%)
+
+# Last: the stamps' refresh and rules need every rule above to have named its stamps.
+include $(ROOT)/make/stamps.mk
