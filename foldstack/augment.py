@@ -20,7 +20,6 @@ import json
 import shutil
 import sys
 import time
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,15 +94,7 @@ def load_config(path: str | Path, name: str, overrides: dict | None = None):
     if name not in SETS:
         raise ConfigError(f"{path}: unknown augmented set {name!r} (known: {', '.join(SETS)})")
     section = {**getattr(config.load(Sections, path), name), **(overrides or {})}
-    cls, hints = SETS[name], typing.get_type_hints(SETS[name])
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise ConfigError(f"{path}: unknown key '{name}.{unknown[0]}' (known: {', '.join(sorted(known))})")
-    cfg = cls(**{k: config.coerce(v, hints[k], f"{path}: key '{name}.{k}'") for k, v in section.items()})
-    for key, problem in cfg.check():
-        raise ConfigError(f"{path}: key '{name}.{key}' {problem} (got {getattr(cfg, key)!r})")
-    return cfg
+    return config.from_mapping(SETS[name], section, str(path), section=f"{name}.")
 
 
 def data_hash(train: pd.DataFrame) -> str:

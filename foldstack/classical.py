@@ -16,10 +16,8 @@ Multi-label: one binary model per label (one-vs-rest), independent sigmoid proba
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
-import typing
 import warnings
 from dataclasses import dataclass
 
@@ -27,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import metrics
-from .config import ConfigError, coerce
+from .config import from_mapping
 from .estimators import AllClasses, PerColumn, lgbm_classifier, rare
 from .text import FIELD_SEP
 
@@ -169,19 +167,9 @@ PARAMS = {"tfidf_lr": TfidfLR, "tfidf_lgbm": TfidfLGBM, "tfidf_svm": TfidfSVM, "
 
 
 def parse_params(cfg, where: str = "models/<name>.yaml"):
-    """The model config's `params:` mapping -> the kind's frozen dataclass; ConfigError names `where` and the key."""
-    cls = PARAMS[cfg.kind]
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(cfg.params) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown params key {unknown[0]!r} for kind {cfg.kind} "
-                          f"(known: {', '.join(sorted(known))})")
-    values = {k: coerce(v, hints[k], f"{where}: params key {k!r}") for k, v in cfg.params.items()}
-    params = cls(**values)
-    for key, problem in params.check():
-        raise ConfigError(f"{where}: params key {key!r} {problem} (got {getattr(params, key)!r})")
-    return params
+    """The model config's `params:` mapping -> the kind's frozen dataclass; ConfigError names `where` and the key
+    (`params.<key>`)."""
+    return from_mapping(PARAMS[cfg.kind], cfg.params, where, section="params.")
 
 
 class Vectorizer:

@@ -237,18 +237,27 @@ def load(cls, path: str | Path, overrides: dict | None = None):
         raise ConfigError(yaml_error(path, err)) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of key: value")
-    raw.update(overrides or {})
+    return from_mapping(cls, {**raw, **(overrides or {})}, str(path))
+
+
+def from_mapping(cls, raw: dict, where: str, section: str = ""):
+    """A mapping -> the frozen dataclass `cls`: unknown keys, wrong types and failed checks stop with one line
+    naming `where` and the key (`section.key` for a nested mapping such as a model's `params:`). The one
+    validation every config goes through: competition, model and its params, augment, pretrain, ensemble,
+    pseudo."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: key {section.rstrip('.')!r}: expected a mapping of key: value")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - known)
     if unknown:
         hint = RENAMED.get(unknown[0])
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r} " +
+        raise ConfigError(f"{where}: unknown key '{section}{unknown[0]}' " +
                           (f"({hint})" if hint else f"(known: {', '.join(sorted(known))})"))
-    values = {k: coerce(v, hints[k], f"{path}: key {k!r}") for k, v in raw.items()}
+    values = {k: coerce(v, hints[k], f"{where}: key '{section}{k}'") for k, v in raw.items()}
     cfg = cls(**values)
     for key, problem in cfg.check():
-        raise ConfigError(f"{path}: key {key!r} {problem} (got {getattr(cfg, key)!r})")
+        raise ConfigError(f"{where}: key '{section}{key}' {problem} (got {getattr(cfg, key)!r})")
     return cfg
 
 

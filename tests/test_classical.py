@@ -98,11 +98,11 @@ def test_class_missing_from_training_rows_gets_a_zero_column(tmp_path, kind, see
 
 
 def test_params_are_checked():
-    with pytest.raises(config.ConfigError, match=r"m\.yaml: unknown params key 'svd' for kind tfidf_lgbm"):
+    with pytest.raises(config.ConfigError, match=r"m\.yaml: unknown key 'params.svd'"):
         classical.parse_params(config.Model(kind="tfidf_lgbm", params={"svd": 3}), "m.yaml")
-    with pytest.raises(config.ConfigError, match=r"m\.yaml: params key 'C': expected float"):
+    with pytest.raises(config.ConfigError, match=r"m\.yaml: key 'params.C': expected float"):
         classical.parse_params(config.Model(kind="tfidf_lr", params={"C": "big"}), "m.yaml")
-    with pytest.raises(config.ConfigError, match=r"params key 'char_ngrams' must be \[min_n, max_n\]"):
+    with pytest.raises(config.ConfigError, match=r"key 'params.char_ngrams' must be \[min_n, max_n\]"):
         classical.parse_params(config.Model(kind="tfidf_lr", params={"char_ngrams": [5, 2]}), "m.yaml")
     p = classical.parse_params(config.Model(kind="tfidf_lr", params={"char_ngrams": None, "C": 3}), "m.yaml")
     assert p.char_ngrams is None and p.C == 3.0 and p.word_ngrams == (1, 2)
@@ -115,7 +115,7 @@ def test_train_stops_on_unknown_params_key_naming_the_file(tmp_path, monkeypatch
     (tmp_path / "models" / "lr.yaml").write_text(yaml.safe_dump({"kind": "tfidf_lr", "params": {"Cee": 1}}))
     with pytest.raises(SystemExit) as exc:
         train.main(["--model=models/lr.yaml", "--fold=0", "--out-dir=folds/lr"])
-    assert str(exc.value.code).startswith("error: models/lr.yaml: unknown params key 'Cee'")
+    assert str(exc.value.code).startswith("error: models/lr.yaml: unknown key 'params.Cee'")
     assert "\n" not in str(exc.value.code)
 
 
