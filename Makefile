@@ -221,8 +221,9 @@ export: $(call edir,$(ROUND))/leaderboard.json  ## DIR=folder [METHOD= HALF=fp16
 	$(PY) -m foldstack.bundle --out="$(DIR)" --round=$(ROUND) $(if $(METHOD),--method=$(METHOD)) $(if $(HALF),--half=$(HALF)) $(if $(filter 0,$(WHEELS)),--no-wheels)
 
 test: setup  ## setup + the test suite
-	@# the Ray runner's test starts a real local cluster: Ray is an extra, installed for the suite only
-	$(PY) -c "import ray" 2>/dev/null || $(PY) -m pip install -q -e "$(ROOT)[ray]"
+	@# the Ray runner's test starts a real local cluster, the bench's smoke test runs HF Trainer (accelerate):
+	@# extras, installed for the suite only
+	$(PY) -c "import ray, accelerate" 2>/dev/null || $(PY) -m pip install -q -e "$(ROOT)[ray,bench]"
 	cd $(ROOT) && HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 # BENCH_ARGS="--train=<processed train.parquet> --steps=N --threads=N --quick" (bench/bench.py --help)

@@ -30,9 +30,9 @@ def atomic_path(path: str | Path):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
         os.close(fd)
         yield Path(tmp)
-        kill_point(f"write:{path.name}")
+        kill_point(f"write:{path.parent.name}/{path.name}")
         os.replace(tmp, path)
-        kill_point(f"wrote:{path.name}")
+        kill_point(f"wrote:{path.parent.name}/{path.name}")
     except OSError as err:
         if not is_write_failure(err):
             raise

@@ -2,10 +2,11 @@
 uninterrupted run's; no half-written file is ever taken as done.
 
 One campaign per workspace, in pipeline order: each `make` run is killed at the next point (foldstack.errors.
-kill_point: `write:<file>` = written to its temporary name, not yet renamed; `wrote:<file>` = renamed, the stage's
-other files not yet written; `train-step#n` = after the n-th optimizer step of a transformer fold), and the next run
-resumes from what the killed one left. A final clean run must then produce, byte for byte, the arrays, pseudo rows
-and submissions of a workspace built without interruption, and no temporary file may be left anywhere.
+kill_point: `write:<folder>/<file>` = written to its temporary name, not yet renamed; `wrote:<folder>/<file>` =
+renamed, the stage's other files not yet written; `train-step#n` = after the n-th optimizer step of a transformer
+fold), and the next run resumes from what the killed one left. A final clean run must then produce, byte for byte,
+the arrays, pseudo rows and submissions of a workspace built without interruption, and no temporary file may be left
+anywhere.
 """
 import os
 import subprocess
@@ -25,24 +26,27 @@ TRANSFORMER = dict(kind="transformer", head="bilstm", lstm_hidden=16, max_len=32
 PREDICT = ["predict", "TEST=data/raw/test.csv", "OUT=submissions/new.csv"]
 PSEUDO = ["ROUND=1", "features/pseudo_r1.parquet"]  # round 1's selection; its training is round 0's code
 # (make goals, kill point, the file that must not exist at its final name after the kill, or None)
-CAMPAIGN = [
-    (["submit"], "write:classes.json", "data/processed/classes.json"),
-    (["submit"], "wrote:test.parquet", "data/processed/train.parquet"),
-    (["submit"], "write:train.parquet", "data/processed/train.parquet"),
-    (["submit"], "write:folds.csv", "folds/folds.csv"),
-    (["submit"], "write:eda.parquet", "features/eda.parquet"),
+CAMPAIGN = [  # in the order a run reaches them: models alphabetically (tfidf_lr, then tiny with its eda set)
+    (["submit"], "write:processed/classes.json", "data/processed/classes.json"),
+    (["submit"], "wrote:processed/test.parquet", "data/processed/train.parquet"),
+    (["submit"], "write:processed/train.parquet", "data/processed/train.parquet"),
+    (["submit"], "write:folds/folds.csv", "folds/folds.csv"),
+    (["submit"], "write:tfidf_lr/fold0.joblib", "folds/tfidf_lr/fold0.npz"),
+    (["submit"], "wrote:tfidf_lr/test.npy", "folds/tfidf_lr/manifest.json"),
+    (["submit"], "write:features/eda.parquet", "features/eda.parquet"),
     (["submit"], "train-step#2", "folds/tiny/fold0.npz"),
-    (["submit"], "write:fold0.safetensors", "folds/tiny/fold0.npz"),
+    (["submit"], "write:tiny/fold0.safetensors", "folds/tiny/fold0.npz"),
     (["submit"], "train-step#8", "folds/tiny/fold1.npz"),  # 6 steps per epoch: in the second
-    (["submit"], "write:fold1.npz", "folds/tiny/fold1.npz"),
-    (["submit"], "write:oof.npy", None),
-    (["submit"], "wrote:test.npy", None),
-    (["submit"], "write:blender.pkl", None),
-    (["submit"], "write:scores.json", None),
-    (["submit"], "write:leaderboard.json", "ensemble/leaderboard.json"),
-    (["submit"], "write:stack_lr.csv", "submissions/stack_lr.csv"),
-    (PSEUDO, "write:pseudo_r1.parquet", "features/pseudo_r1.parquet"),
-    (PREDICT, "write:new.csv", "submissions/new.csv"),
+    (["submit"], "write:tiny/fold1.npz", "folds/tiny/fold1.npz"),
+    (["submit"], "write:tiny/oof.npy", "folds/tiny/manifest.json"),
+    (["submit"], "write:mean/blender.pkl", "ensemble/mean/scores.json"),
+    (["submit"], "write:mean/scores.json", "ensemble/mean/scores.json"),
+    (["submit"], "wrote:stack_lr/test.npy", "ensemble/stack_lr/scores.json"),
+    (["submit"], "write:stack_lr/scores.json", "ensemble/stack_lr/scores.json"),
+    (["submit"], "write:ensemble/leaderboard.json", "ensemble/leaderboard.json"),
+    (["submit"], "write:submissions/stack_lr.csv", "submissions/stack_lr.csv"),
+    (PSEUDO, "write:features/pseudo_r1.parquet", "features/pseudo_r1.parquet"),
+    (PREDICT, "write:submissions/new.csv", "submissions/new.csv"),
 ]
 GOALS = [["submit"], PSEUDO, PREDICT]
 

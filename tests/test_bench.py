@@ -1,0 +1,37 @@
+"""A smoke run of the bench harness (issue 15): `bench/bench.py --quick` on a tiny competition with a tiny encoder
+runs all three settings, the GEMM peak and the quality check in their own processes and reports every target."""
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from foldstack import prep
+from tests.conftest import ROOT, make_tiny_bert, write_competition
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_quick_reports_every_target(tmp_path, monkeypatch):
+    tiny_bert = make_tiny_bert(tmp_path / "tiny_bert", positions=320)  # the recipe loop pads to 300 tokens
+    write_competition(tmp_path, n_train=200, n_test=20)
+    monkeypatch.chdir(tmp_path)
+    prep.main(["--competition=data/competition.yaml", "--out-dir=data/processed", "--workers=1"])
+    model = tmp_path / "tiny.yaml"
+    model.write_text(yaml.safe_dump({"backbone": str(tiny_bert), "max_len": 32, "batch_size": 8, "lstm_hidden": 16,
+                                     "amp": "off", "epochs": 1}))
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench.py"), "--train=data/processed/train.parquet",
+                           f"--model={model}", "--quick", "--no-augment", "--threads=1", "--gemm-n=256",
+                           f"--out={out}"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    summary = json.loads(out.read_text())
+    assert set(summary["targets"]) == {"train_vs_recipe", "train_vs_trainer", "infer_vs_trainer",
+                                       "rss_trainer_over_foldstack"}
+    for target in summary["targets"].values():
+        assert target["median"] > 0 and target["verdict"] in ("PASS", "MISS")
+    assert set(summary["settings"]) == {"foldstack", "trainer", "recipe"}
+    assert summary["quality"]["verdict"] in ("PASS", "MISS")
+    assert "targets (ratio of medians)" in done.stdout
+    assert summary["settings"]["foldstack"]["train"]["samples_per_s"] > 0
