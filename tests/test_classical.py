@@ -125,4 +125,7 @@ def test_shipped_model_configs_load(name):
     path = ROOT / "models" / f"{name}.yaml"
     path = path if path.exists() else ROOT / "models" / "extra" / f"{name}.yaml"
     cfg = config.load(config.Model, path)
-    assert cfg.kind == name and classical.parse_params(cfg, str(path))
+    params = classical.parse_params(cfg, str(path))
+    assert cfg.kind == name and type(params) is classical.PARAMS[name]
+    for key, value in cfg.params.items():  # the YAML's value wins over the default
+        assert getattr(params, key) == (tuple(value) if isinstance(value, list) else value), key
