@@ -176,6 +176,19 @@ def coerce(value, hint, where: str):
     return value
 
 
+# The workspace paths most stages read, as command-line options: one default and one meaning each.
+PATH_OPTIONS = {"competition": ("data/competition.yaml", "the competition config"),
+                "processed": ("data/processed", "prep's folder: train/test parquet and classes.json"),
+                "folds": ("folds/folds.csv", "the fold of every training row")}
+
+
+def add_path_options(ap, *names: str) -> None:
+    """--competition / --processed / --folds on an argparse parser, with the workspace's defaults."""
+    for name in names:
+        default, meaning = PATH_OPTIONS[name]
+        ap.add_argument(f"--{name}", default=default, help=meaning)
+
+
 def keys_help(cls) -> str:
     """For a stage's --help: every key of the config dataclass `cls` with its default and the comment beside it in
     the source (the comments are the keys' documentation), as `--key=value` overrides are written."""

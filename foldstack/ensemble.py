@@ -287,9 +287,7 @@ def holdout_scores(board: dict, comp, processed: Path, solution: str) -> dict:
 def main(argv=None) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default="ensemble/ensemble.yaml", help="the ensemble config")
-    common.add_argument("--competition", default="data/competition.yaml", help="competition config")
-    common.add_argument("--processed", default="data/processed", help="prep's folder (classes, ids)")
-    common.add_argument("--folds", default="folds/folds.csv", help="the fold of every row")
+    config.add_path_options(common, "competition", "processed", "folds")
     common.add_argument("--manifests", nargs="*", default=None, help="default: folds/*/manifest.json")
     common.add_argument("--ensemble-dir", default="ensemble", help="where blends go (a round's folder)")
     common.add_argument("--method", default=None, help="fit: the method; submit: a method instead of the chosen")

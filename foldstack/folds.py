@@ -91,7 +91,7 @@ def training_mask(folds: np.ndarray, fold: int) -> np.ndarray:
 @one_line_errors
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--competition", default="data/competition.yaml", help="competition config (n_folds, seed)")
+    config.add_path_options(ap, "competition")
     ap.add_argument("--train", default="data/processed/train.parquet", help="processed training rows")
     ap.add_argument("--classes", default="data/processed/classes.json", help="the class list prep wrote")
     ap.add_argument("--out", default="folds/folds.csv", help="where the fold assignment goes")

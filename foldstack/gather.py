@@ -53,7 +53,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", required=True, help="folds/<m>[/r<r>]: the fold parts and where the OOF goes")
     ap.add_argument("--n-folds", type=int, required=True, help="number of folds (competition.yaml n_folds)")
-    ap.add_argument("--processed", default="data/processed", help="train.parquet and classes.json")
+    config.add_path_options(ap, "processed")
     ap.add_argument("--model", default=None, help="models/<m>.yaml: every fold must have trained from it as it is")
     args = ap.parse_args(argv)
     model_dir, processed = Path(args.model_dir), Path(args.processed)

@@ -47,7 +47,7 @@ def render(comp_path, model_paths: list[str], ensemble_path) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="*", help="models/<m>.yaml files")
-    ap.add_argument("--competition", default="data/competition.yaml", help="competition config")
+    config.add_path_options(ap, "competition")
     ap.add_argument("--ensemble", default="ensemble/ensemble.yaml", help="the ensemble config")
     ap.add_argument("--out", default="build/vars.mk", help="the include to write")
     args = ap.parse_args(argv)

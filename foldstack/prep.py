@@ -145,7 +145,7 @@ def read_raw(comp: config.Competition):
 @one_line_errors
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--competition", default="data/competition.yaml", help="competition config")
+    config.add_path_options(ap, "competition")
     ap.add_argument("--out-dir", default="data/processed", help="where the parquet files go")
     ap.add_argument("--workers", type=int, default=2, help="processes for lemmatization")
     args = ap.parse_args(argv)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, f1_score
 
+from . import config
 from .errors import one_line_errors
 from .labels import label_matrix
 from .metrics import decide
@@ -75,8 +76,7 @@ def main(argv=None) -> None:
     ap.add_argument("--ensemble-dir", default="ensemble", help="the round's ensemble folder (leaderboard.json)")
     ap.add_argument("--ensemble-root", default="ensemble", help="round 0's ensemble folder (pseudo-label rounds)")
     ap.add_argument("--features", default="features", help="where pseudo_r<r>.parquet live")
-    ap.add_argument("--competition", default="data/competition.yaml", help="competition config")
-    ap.add_argument("--processed", default="data/processed", help="prep's folder")
+    config.add_path_options(ap, "competition", "processed")
     ap.add_argument("--solution", default="data/solution.csv", help="test answers, used only if the file exists")
     args = ap.parse_args(argv)
     train = None if args.summary else pd.read_parquet(args.train)
@@ -87,7 +87,6 @@ def main(argv=None) -> None:
         else:
             print("\n".join(describe(man, np.load(Path(path).parent / "oof.npy"), train)) + "\n")
     if args.html_dir:
-        from . import config
         from .io import InputError
         from .report_html import write_report
         try:

@@ -80,8 +80,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--submission", required=True, help="the submission CSV to score")
     ap.add_argument("--solution", required=True, help="the test answers, in the sample's format")
-    ap.add_argument("--competition", default="data/competition.yaml", help="competition config (metric)")
-    ap.add_argument("--processed", default="data/processed", help="prep's folder (the class list)")
+    config.add_path_options(ap, "competition", "processed")
     ap.add_argument("--json", action="store_true", help="print {metric, score} as JSON")
     args = ap.parse_args(argv)
     try:

@@ -79,8 +79,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--probs", nargs="+", required=True, help="test.npy files to average")
     ap.add_argument("--out", required=True, help="submissions/<name>.csv")
-    ap.add_argument("--competition", default="data/competition.yaml", help="competition config")
-    ap.add_argument("--processed", default="data/processed", help="prep's folder (test ids, classes)")
+    config.add_path_options(ap, "competition", "processed")
     args = ap.parse_args(argv)
     try:
         comp = config.load(config.Competition, args.competition)

@@ -157,9 +157,7 @@ def main(argv=None) -> None:
     ap.add_argument("--model", required=True, help="models/<name>.yaml")
     ap.add_argument("--fold", type=int, required=True, help="the validation fold (0 .. n_folds-1)")
     ap.add_argument("--out-dir", required=True, help="folds/<name>")
-    ap.add_argument("--competition", default="data/competition.yaml", help="competition config")
-    ap.add_argument("--processed", default="data/processed", help="prep's folder")
-    ap.add_argument("--folds", default="folds/folds.csv", help="the fold of every row")
+    config.add_path_options(ap, "competition", "processed", "folds")
     ap.add_argument("--features", default="features", help="where augmented sets <name>.parquet live")
     ap.add_argument("--pseudo", default=None, help="features/pseudo_r<r>.parquet: extra training rows per fold")
     ap.add_argument("--cache-dir", default="features/cache",
