@@ -264,10 +264,7 @@ def main(argv=None) -> None:
                     help="leave out the foldstack, scikit-learn and LightGBM wheels (for a machine that has them)")
     args = ap.parse_args(argv)
     layout = Layout(Path(args.workspace), args.round)
-    try:
-        man = export(layout, args.method, Path(args.out), args.half, not args.no_wheels)
-    except (InputError, config.ConfigError) as err:
-        sys.exit(f"error: {err}")
+    man = export(layout, args.method, Path(args.out), args.half, not args.no_wheels)
     print(f"export: {args.out} ({man['method']} of {len(man['members'])} members, {len(man['files'])} files, "
           f"{man['bytes'] / 2**20:.1f} MiB)")
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -300,15 +299,8 @@ def main(argv=None) -> None:
                        ("score", "the leaderboard with test scores against --solution")]:
         sub.add_parser(name, parents=[common], help=text)
     args = ap.parse_args(argv)
-    try:
-        cfg = config.load(Ensemble, args.config)
-    except config.ConfigError as err:
-        sys.exit(f"error: {err}")
-    from .io import InputError
-    try:
-        run(args, cfg, config.load(config.Competition, args.competition))
-    except (InputError, config.ConfigError) as err:
-        sys.exit(f"error: {err}")
+    cfg = config.load(Ensemble, args.config)
+    run(args, cfg, config.load(config.Competition, args.competition))
 
 
 def run(args, cfg: Ensemble, comp) -> None:

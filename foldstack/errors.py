@@ -50,7 +50,7 @@ def kill_point(name: str) -> None:
     """Fault injection for the kill campaign (tests/test_kill.py): with FOLDSTACK_KILL_AT=name (or name#n) the
     process SIGKILLs itself the first (n-th) time it reaches this point, after appending the name to the file
     FOLDSTACK_KILL_LOG. Points: write:<folder>/<file> (written to its temporary name, not yet renamed),
-    wrote:<folder>/<file> (renamed), train-step (after an optimizer step). Without the variable this is one dictionary lookup."""
+    wrote:<folder>/<file> (renamed), train-step (after an optimizer step). Without the variable: one lookup."""
     want = os.environ.get("FOLDSTACK_KILL_AT")
     if not want or want.partition("#")[0] != name:
         return

@@ -96,13 +96,10 @@ def main(argv=None) -> None:
     ap.add_argument("--classes", default="data/processed/classes.json", help="the class list prep wrote")
     ap.add_argument("--out", default="folds/folds.csv", help="where the fold assignment goes")
     args = ap.parse_args(argv)
-    try:
-        comp = config.load(config.Competition, args.competition)
-        train = pd.read_parquet(args.train)
-        classes = json.loads(Path(args.classes).read_text())["classes"]
-        check_groups(train, comp)
-    except (config.ConfigError, InputError) as err:
-        sys.exit(f"error: {err}")
+    comp = config.load(config.Competition, args.competition)
+    train = pd.read_parquet(args.train)
+    classes = json.loads(Path(args.classes).read_text())["classes"]
+    check_groups(train, comp)
     warning = rare_classes(train, comp, classes)
     if warning:
         print(warning, file=sys.stderr)

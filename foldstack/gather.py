@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -62,11 +61,8 @@ def main(argv=None) -> None:
     train = pd.read_parquet(processed / "train.parquet")
     parts = [dict(np.load(model_dir / f"fold{k}.npz")) for k in range(args.n_folds)]
     summaries = [json.loads((model_dir / f"fold{k}.json").read_text()) for k in range(args.n_folds)]
-    try:
-        current = config.config_hash(config.load(config.Model, args.model)) if args.model else None
-        check_same_config(summaries, model_dir, current, args.model)
-    except (InputError, config.ConfigError) as err:
-        sys.exit(f"error: {err}")
+    current = config.config_hash(config.load(config.Model, args.model)) if args.model else None
+    check_same_config(summaries, model_dir, current, args.model)
     oof, test = assemble(parts, len(train))
     metric = summaries[0]["metric"]
     cv = metrics.score(metric, targets(train, len(info["classes"]), multilabel), oof, multilabel)

@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import json
 import pickle
-import sys
 import time
 from pathlib import Path
 
@@ -209,12 +208,9 @@ def main(argv=None) -> None:
     test = args.test or args.test_file
     if not test:
         ap.error("a test file is required (--test=FILE)")
-    try:
-        layout = use_bundle(Path(args.bundle)) if args.bundle else Layout(Path(args.workspace), args.round)
-        rate = run(layout, Path(test), Path(args.out), Path(args.probs_dir) if args.probs_dir else None,
-                   args.method, Path(args.sample) if args.sample else None)
-    except (InputError, config.ConfigError) as err:
-        sys.exit(f"error: {err}")
+    layout = use_bundle(Path(args.bundle)) if args.bundle else Layout(Path(args.workspace), args.round)
+    rate = run(layout, Path(test), Path(args.out), Path(args.probs_dir) if args.probs_dir else None,
+               args.method, Path(args.sample) if args.sample else None)
     print(f"predict: {args.out} from {test} ({rate:.1f} rows/s end to end)")
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -150,12 +149,9 @@ def main(argv=None) -> None:
     ap.add_argument("--workers", type=int, default=2, help="processes for lemmatization")
     args = ap.parse_args(argv)
     start = time.perf_counter()
-    try:
-        comp = config.load(config.Competition, args.competition)
-        train, test, sample = read_raw(comp)
-        out_train, out_test, classes = prepare(train, test, sample, comp, args.workers)
-    except (InputError, config.ConfigError) as err:
-        sys.exit(f"error: {err}")
+    comp = config.load(config.Competition, args.competition)
+    train, test, sample = read_raw(comp)
+    out_train, out_test, classes = prepare(train, test, sample, comp, args.workers)
     out = Path(args.out_dir)
     save_json(out / "classes.json", {"task": comp.task, "classes": classes})
     save_parquet(out / "test.parquet", out_test)

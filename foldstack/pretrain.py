@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import json
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -215,15 +214,12 @@ def main(argv=None) -> None:
     ap.add_argument("--test", required=True, help="data/processed/test.parquet (read when include_test)")
     ap.add_argument("--out-dir", required=True, help="the backbone directory to write: models/pretrain/<name>")
     args, overrides = ap.parse_known_args(argv)
+    cfg = config.load(Pretrain, args.config, config.parse_overrides(overrides))
+    from .encoder import BackboneError, resolve_backbone
     try:
-        cfg = config.load(Pretrain, args.config, config.parse_overrides(overrides))
-        from .encoder import BackboneError, resolve_backbone
-        try:
-            resolve_backbone(cfg.backbone)
-        except BackboneError as err:
-            raise config.ConfigError(f"{args.config}: key 'backbone': {err}") from None
-    except config.ConfigError as err:
-        sys.exit(f"error: {err}")
+        resolve_backbone(cfg.backbone)
+    except BackboneError as err:
+        raise config.ConfigError(f"{args.config}: key 'backbone': {err}") from None
     column = "text_lemma" if cfg.text == "lemma" else "text"
     train, test = (pd.read_parquet(p, columns=[column]) for p in (args.train, args.test))
     texts = corpus_texts(train, test, cfg)

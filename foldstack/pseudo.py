@@ -258,16 +258,13 @@ def main(argv=None) -> None:
                        ("score", "per round: pseudo rows and their accuracy, nested CV, test score")]:
         sub.add_parser(name, parents=[common], help=text)
     args = ap.parse_args(argv)
-    try:
-        cfg = config.load(Pseudo, args.config)
-        if args.command == "select":
-            if not args.manifests or not args.out:
-                raise InputError("select needs --manifests (round r-1's members) and --out")
-            run_select(args, cfg)
-        else:
-            (run_next_round if args.command == "next-round" else run_score)(args, cfg)
-    except (InputError, config.ConfigError) as err:
-        sys.exit(f"error: {err}")
+    cfg = config.load(Pseudo, args.config)
+    if args.command == "select":
+        if not args.manifests or not args.out:
+            raise InputError("select needs --manifests (round r-1's members) and --out")
+        run_select(args, cfg)
+    else:
+        (run_next_round if args.command == "next-round" else run_score)(args, cfg)
 
 
 if __name__ == "__main__":

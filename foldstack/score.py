@@ -83,12 +83,9 @@ def main(argv=None) -> None:
     config.add_path_options(ap, "competition", "processed")
     ap.add_argument("--json", action="store_true", help="print {metric, score} as JSON")
     args = ap.parse_args(argv)
-    try:
-        comp = config.load(config.Competition, args.competition)
-        classes = classes_json(args.processed)["classes"]
-        value = score_files(args.submission, args.solution, comp, classes)
-    except (InputError, config.ConfigError) as err:
-        sys.exit(f"error: {err}")
+    comp = config.load(config.Competition, args.competition)
+    classes = classes_json(args.processed)["classes"]
+    value = score_files(args.submission, args.solution, comp, classes)
     if args.json:
         print(json.dumps({"submission": args.submission, "metric": comp.metric, "score": value}))
     else:

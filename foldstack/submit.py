@@ -12,7 +12,6 @@ multi-label). The written file is read back and checked against the sample befor
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -81,12 +80,9 @@ def main(argv=None) -> None:
     ap.add_argument("--out", required=True, help="submissions/<name>.csv")
     config.add_path_options(ap, "competition", "processed")
     args = ap.parse_args(argv)
-    try:
-        comp = config.load(config.Competition, args.competition)
-        probs = np.mean([np.load(p) for p in args.probs], axis=0)
-        write_submission(probs, Path(args.out), comp, Path(args.processed))
-    except (InputError, config.ConfigError) as err:
-        sys.exit(f"error: {err}")
+    comp = config.load(config.Competition, args.competition)
+    probs = np.mean([np.load(p) for p in args.probs], axis=0)
+    write_submission(probs, Path(args.out), comp, Path(args.processed))
     print(f"submit: {args.out} from {len(args.probs)} prediction file(s), checked against {comp.sample_submission}")
 
 

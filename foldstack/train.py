@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from . import __version__, config
 from . import fold_models
 from .errors import one_line_errors
 from .folds import read_fold_ids, training_mask
-from .io import InputError, atomic_path, save_json
+from .io import atomic_path, save_json
 from .labels import classes_json, join_targets, read_pseudo, targets, training_rows
 
 
@@ -163,28 +162,22 @@ def main(argv=None) -> None:
     ap.add_argument("--cache-dir", default="features/cache",
                     help="frozen-layer caches (models with freeze_layers > 0), one directory per key")
     args, overrides = ap.parse_known_args(argv)
-    try:
-        cfg = config.load(config.Model, args.model, config.parse_overrides(overrides))
-        comp = config.load(config.Competition, args.competition)
-        if cfg.kind != "transformer":  # the kind's params: an unknown key stops here, naming the file
-            from .classical import parse_params
-            parse_params(cfg, args.model)
-        if cfg.kind == "transformer":  # before any data is read: an unreachable Hub id stops in seconds
-            from .encoder import fits_backbone
-            try:
-                fits_backbone(cfg)
-            except config.ConfigError as err:
-                raise config.ConfigError(f"{args.model}: {err}") from None
-    except config.ConfigError as err:
-        sys.exit(f"error: {err}")
+    cfg = config.load(config.Model, args.model, config.parse_overrides(overrides))
+    comp = config.load(config.Competition, args.competition)
+    if cfg.kind != "transformer":  # the kind's params: an unknown key stops here, naming the file
+        from .classical import parse_params
+        parse_params(cfg, args.model)
+    else:  # before any data is read: an unreachable Hub id stops in seconds
+        from .encoder import fits_backbone
+        try:
+            fits_backbone(cfg)
+        except config.ConfigError as err:
+            raise config.ConfigError(f"{args.model}: {err}") from None
     processed, out = Path(args.processed), Path(args.out_dir)
     train, test = pd.read_parquet(processed / "train.parquet"), pd.read_parquet(processed / "test.parquet")
     classes = classes_json(processed)["classes"]
-    try:
-        fold_of = read_fold_ids(args.folds, train["id"])
-        pseudo = read_pseudo(args.pseudo, test["id"], len(classes), comp.multilabel) if args.pseudo else None
-    except InputError as err:
-        sys.exit(f"error: {err}")
+    fold_of = read_fold_ids(args.folds, train["id"])
+    pseudo = read_pseudo(args.pseudo, test["id"], len(classes), comp.multilabel) if args.pseudo else None
     extra = read_extra(cfg.augment, Path(args.features))
     out.mkdir(parents=True, exist_ok=True)
     name = Path(args.model).stem
