@@ -20,7 +20,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -81,20 +81,25 @@ SETS = {"eda": Eda, "backtrans": Backtrans}
 
 @dataclass(frozen=True)
 class Sections:
-    """features/augment.yaml itself: one mapping per augmented set."""
-    eda: dict = field(default_factory=dict)
-    backtrans: dict = field(default_factory=dict)
+    """features/augment.yaml itself: one section per augmented set, each read into its dataclass above."""
+    eda: Eda = Eda()                      # the eda: section
+    backtrans: Backtrans = Backtrans()    # the backtrans: section
+
+    @classmethod
+    def nested(cls, raw: dict, where: str) -> dict:
+        return SETS  # both sections are checked whenever the file is read, whichever set is built
 
     def check(self) -> list[tuple[str, str]]:
         return []
 
 
 def load_config(path: str | Path, name: str, overrides: dict | None = None):
-    """The `name:` section of augment.yaml as its frozen dataclass; bad keys stop with one line naming them."""
+    """The `name:` section of augment.yaml as its frozen dataclass (overrides: that section's keys); bad keys stop
+    with one line naming them (`eda.alpha_sr`)."""
     if name not in SETS:
         raise ConfigError(f"{path}: unknown augmented set {name!r} (known: {', '.join(SETS)})")
-    section = {**getattr(config.load(Sections, path), name), **(overrides or {})}
-    return config.from_mapping(SETS[name], section, str(path), section=f"{name}.")
+    qualified = {k if "." in k else f"{name}.{k}": v for k, v in (overrides or {}).items()}  # --n_aug or --eda.n_aug
+    return getattr(config.load(Sections, path, qualified), name)
 
 
 def data_hash(train: pd.DataFrame) -> str:
@@ -182,7 +187,8 @@ def run(name: str, cfg, train: pd.DataFrame, out: Path, workers: int = 2) -> boo
 
 @one_line_errors
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=config.keys_epilog("features/augment.yaml", ("eda.", Eda), ("backtrans.", Backtrans), overrides=True))
     ap.add_argument("--set", required=True, choices=sorted(SETS), help="which augmented set to build")
     ap.add_argument("--config", default="features/augment.yaml", help="augmentation config")
     ap.add_argument("--train", default="data/processed/train.parquet", help="processed training rows")

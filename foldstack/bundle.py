@@ -125,7 +125,6 @@ def verify(root: Path) -> dict:
 
 def copy_member(layout: Layout, member: str, out: Path, half: str | None) -> None:
     """models/<m>.yaml, folds/<m>/manifest.json and every fold's model (half: float16/bfloat16 weights)."""
-    from .classical import parse_params
     src = layout.member_dir(member)
     man = json.loads((src / "manifest.json").read_text())
     cfg = config.load(config.Model, layout.model_yaml(member))
@@ -147,7 +146,7 @@ def copy_member(layout: Layout, member: str, out: Path, half: str | None) -> Non
     if cfg.kind == "transformer":
         save_backbone(cfg.backbone, out / "backbones" / member, weights=False)
     elif cfg.kind == "embed_lr":
-        save_backbone(parse_params(cfg).backbone, out / "backbones" / member, weights=True)
+        save_backbone(cfg.options.backbone, out / "backbones" / member, weights=True)
 
 
 def save_backbone(name: str, dest: Path, weights: bool) -> None:

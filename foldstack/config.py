@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError  # noqa: F401 - the stages catch config.ConfigError
+from .kinds import PARAMS, Params
 
 
 class Loader(yaml.SafeLoader):
@@ -123,7 +124,31 @@ class Model:
     keep_models: bool = True       # keep each fold's fitted model beside its OOF part (folds/<m>/fold<k>.safetensors
     #                                or .joblib): `make predict` and `make export` need them; false: OOF arrays only
     seed: int = 42                 # of the head's initialisation and the batch order (offset by the fold)
-    params: dict = field(default_factory=dict)  # kind-specific options of classical models
+    params: dict = field(default_factory=dict)  # a classical kind's options as written; read them as `.options`
+
+    @property
+    def options(self) -> Params | None:
+        """A classical kind's `params:` as its dataclass (kinds.py: one per kind, defaults filled in); None for a
+        transformer, whose options are the top-level keys. (`params` itself stays the mapping as written, so the
+        config hash of folds trained before the dataclasses existed is unchanged.)"""
+        return from_mapping(PARAMS[self.kind], self.params, "model", "params.") if self.kind in PARAMS else None
+
+    @classmethod
+    def check_raw(cls, raw: dict, where: str) -> None:
+        """Each kind has exactly its own keys: a transformer has no `params:`, a classical kind none of the
+        transformer's options, and its `params:` are checked against its dataclass (`params.<key>` in errors)."""
+        kind = raw.get("kind", cls.kind)
+        if kind not in PARAMS:
+            if raw.get("params"):
+                raise ConfigError(f"{where}: key 'params' belongs to the classical kinds ({', '.join(PARAMS)}); "
+                                  "a transformer's options are top-level keys")
+            return
+        foreign = sorted(set(raw) - SHARED_KEYS)
+        if foreign:
+            inner = f" (its own is params.{foreign[0]})" if foreign[0] in PARAMS[kind].__dataclass_fields__ else ""
+            raise ConfigError(f"{where}: key '{foreign[0]}' is a transformer option; kind: {kind} does not use "
+                              f"it{inner}")
+        from_mapping(PARAMS[kind], raw.get("params") or {}, where, "params.")
 
     def check(self) -> list[tuple[str, str]]:
         bad = []
@@ -150,7 +175,18 @@ class Model:
             bad.append(("max_grad_norm", "must be positive"))
         if not 0 <= self.dropout < 1:
             bad.append(("dropout", "must be in [0, 1)"))
+        if self.kind not in PARAMS and self.params:
+            bad.append(("params", "belongs to the classical kinds; a transformer's options are top-level keys"))
+        if self.kind in PARAMS:
+            try:
+                self.options
+            except ConfigError as err:  # built in code with a bad mapping (a YAML's stops earlier, in check_raw)
+                bad.append(("params", str(err)))
         return bad
+
+
+# The keys every kind has; a classical kind has these and its `params:`, nothing else.
+SHARED_KEYS = {"kind", "text", "augment", "seeds", "seed", "keep_models", "params"}
 
 
 def coerce(value, hint, where: str):
@@ -189,7 +225,19 @@ def add_path_options(ap, *names: str) -> None:
         ap.add_argument(f"--{name}", default=default, help=meaning)
 
 
-def keys_help(cls) -> str:
+def shown_flag(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def shown_yaml(value) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(map(shown_yaml, value)) + "]"
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def keys_help(cls, prefix: str = "", as_flags: bool = True) -> str:
     """For a stage's --help: every key of the config dataclass `cls` with its default and the comment beside it in
     the source (the comments are the keys' documentation), as `--key=value` overrides are written."""
     import inspect
@@ -211,9 +259,26 @@ def keys_help(cls) -> str:
             default = f.default
         else:
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)"
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        lines.append(f"  --{f.name}={shown}".ljust(30) + f" {notes.get(f.name, '')}".rstrip())
+        key = f"  --{prefix}{f.name}={shown_flag(default)}" if as_flags else f"  {prefix}{f.name}: {shown_yaml(default)}"
+        lines.append(key.ljust(30) + f" {notes.get(f.name, '')}".rstrip())
     return "\n".join(lines)
+
+
+def keys_epilog(what: str, *parts: tuple[str, type], overrides: bool = False) -> str:
+    """A stage's --help epilog: every key of the YAML it reads, as (prefix, dataclass) parts, with defaults and
+    meanings; `overrides` says the keys can also be given as --key=value."""
+    how = "; any of them also as a --key=value override, checked like the YAML" if overrides else ""
+    return f"{what} keys (default, meaning{how}):\n" + "\n".join(keys_help(cls, prefix, overrides)
+                                                                  for prefix, cls in parts)
+
+
+def model_keys_help() -> str:
+    """For train --help: a transformer's keys, then each classical kind's `params.<key>`."""
+    shared = ", ".join(sorted(SHARED_KEYS - {"params"}))
+    parts = ["kind: transformer (every key below is top-level in the YAML):", keys_help(Model)]
+    for kind, cls in PARAMS.items():
+        parts += [f"\nkind: {kind} (top-level keys: {shared}; the rest under params:)", keys_help(cls, "params.")]
+    return "\n".join(parts)
 
 
 def parse_overrides(args: list[str]) -> dict:
@@ -250,7 +315,22 @@ def load(cls, path: str | Path, overrides: dict | None = None):
         raise ConfigError(yaml_error(path, err)) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of key: value")
-    return from_mapping(cls, {**raw, **(overrides or {})}, str(path))
+    return from_mapping(cls, merge_overrides(raw, overrides or {}), str(path))
+
+
+def merge_overrides(raw: dict, overrides: dict) -> dict:
+    """The YAML's mapping with the overrides applied; `params.C` sets key C of the nested mapping `params`."""
+    merged = dict(raw)
+    for key, value in overrides.items():
+        outer, dot, inner = key.partition(".")
+        if dot:
+            nested = merged.get(outer) or {}
+            if not isinstance(nested, dict):
+                raise ConfigError(f"override --{key}: key '{outer}' is not a mapping")
+            merged[outer] = {**nested, inner: value}
+        else:
+            merged[key] = value
+    return merged
 
 
 def from_mapping(cls, raw: dict, where: str, section: str = ""):
@@ -267,7 +347,12 @@ def from_mapping(cls, raw: dict, where: str, section: str = ""):
         hint = RENAMED.get(unknown[0])
         raise ConfigError(f"{where}: unknown key '{section}{unknown[0]}' " +
                           (f"({hint})" if hint else f"(known: {', '.join(sorted(known))})"))
-    values = {k: coerce(v, hints[k], f"{where}: key '{section}{k}'") for k, v in raw.items()}
+    if hasattr(cls, "check_raw"):
+        cls.check_raw(raw, where)
+    nested = cls.nested(raw, where) if hasattr(cls, "nested") else {}
+    values = {k: from_mapping(nested[k], v or {}, where, f"{section}{k}.") if k in nested
+              else coerce(v, hints[k], f"{where}: key '{section}{k}'") for k, v in raw.items()}
+    values.update({k: from_mapping(sub, {}, where, f"{section}{k}.") for k, sub in nested.items() if k not in raw})
     cfg = cls(**values)
     for key, problem in cfg.check():
         raise ConfigError(f"{where}: key '{section}{key}' {problem} (got {getattr(cfg, key)!r})")
@@ -287,7 +372,7 @@ def model_deps(cfg: Model) -> list[str]:
     """Files a model's fold targets depend on besides its YAML: features/<set>.parquet per augmented set, and
     models/pretrain/<name>/done.json when its backbone (or embed_lr's) is a `make pretrain` output."""
     deps = [f"features/{name}.parquet" for name in cfg.augment]
-    for backbone in (cfg.backbone, cfg.params.get("backbone")):
+    for backbone in (cfg.backbone, getattr(cfg.options, "backbone", None)):
         if isinstance(backbone, str) and Path(backbone).parent.as_posix() == PRETRAIN_DIR:
             deps.append(f"{PRETRAIN_DIR}/{Path(backbone).name}/done.json")
     return deps

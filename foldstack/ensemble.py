@@ -292,7 +292,8 @@ def main(argv=None) -> None:
     common.add_argument("--method", default=None, help="fit: the method; submit: a method instead of the chosen")
     common.add_argument("--submissions", default="submissions", help="where submissions go")
     common.add_argument("--solution", default="data/solution.csv", help="score: the test answers")
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=config.keys_epilog("ensemble/ensemble.yaml", ("", Ensemble)))
     sub = ap.add_subparsers(dest="command", required=True)
     for name, text in [("fit", "nested CV + final fit of --method"), ("leaderboard", "members' and methods' CV"),
                        ("submit", "write submissions/<chosen or --method>.csv"),

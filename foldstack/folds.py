@@ -90,7 +90,8 @@ def training_mask(folds: np.ndarray, fold: int) -> np.ndarray:
 
 @one_line_errors
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=config.keys_epilog("data/competition.yaml", ("", config.Competition)))
     config.add_path_options(ap, "competition")
     ap.add_argument("--train", default="data/processed/train.parquet", help="processed training rows")
     ap.add_argument("--classes", default="data/processed/classes.json", help="the class list prep wrote")

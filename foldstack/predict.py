@@ -119,9 +119,8 @@ def predict_classical(cfg, files: list[list[Path]], texts: list[str]) -> np.ndar
     """Mean over folds (and seeds) of the fitted members' probabilities; embed_lr embeds the texts once."""
     embedded = None
     if cfg.kind == "embed_lr":
-        from .classical import parse_params
         from .hidden_cache import embed_texts
-        embedded = embed_texts(parse_params(cfg), texts)
+        embedded = embed_texts(cfg.options, texts)
     folds = [np.mean([fold_models.load(f).predict(texts, lambda _: embedded) for f in seeds], axis=0)
              for seeds in files]
     return np.mean(folds, axis=0).astype(np.float32)

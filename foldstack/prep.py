@@ -143,7 +143,8 @@ def read_raw(comp: config.Competition):
 
 @one_line_errors
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=config.keys_epilog("data/competition.yaml", ("", config.Competition)))
     config.add_path_options(ap, "competition")
     ap.add_argument("--out-dir", default="data/processed", help="where the parquet files go")
     ap.add_argument("--workers", type=int, default=2, help="processes for lemmatization")

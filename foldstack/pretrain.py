@@ -207,8 +207,8 @@ def write_backbone(model, tokenizer, out_dir: Path) -> None:
 @one_line_errors
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="pretraining keys (the YAML's; any of them also as a --key=value override, checked "
-                                        "like the YAML):\n" + config.keys_help(Pretrain))
+                                 epilog=config.keys_epilog("models/pretrain/<name>.yaml", ("", Pretrain),
+                                                           overrides=True))
     ap.add_argument("--config", required=True, help="models/pretrain/<name>.yaml")
     ap.add_argument("--train", required=True, help="data/processed/train.parquet (its text column only)")
     ap.add_argument("--test", required=True, help="data/processed/test.parquet (read when include_test)")

@@ -251,7 +251,8 @@ def main(argv=None) -> None:
     common.add_argument("--ensemble-root", default="ensemble", help="next-round, score: round r is ensemble/r<r>")
     common.add_argument("--features", default="features", help="score: where pseudo_r<r>.parquet live")
     common.add_argument("--solution", default="data/solution.csv", help="score: the test answers")
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=config.keys_epilog("features/pseudo.yaml", ("", Pseudo)))
     sub = ap.add_subparsers(dest="command", required=True)
     for name, text in [("select", "write round r's pseudo rows from round r-1"),
                        ("next-round", "print r + 1 if round r + 1 should run, else nothing"),

@@ -130,8 +130,7 @@ def open_cache(cfg, train: pd.DataFrame, test: pd.DataFrame, extra: pd.DataFrame
     column = "text_lemma" if cfg.text == "lemma" else "text"
     texts = unique_texts(train[column], test[column], [] if extra is None else extra[column])
     if cfg.kind == "embed_lr":
-        from .classical import parse_params
-        return open_pooled(parse_params(cfg), texts, root)
+        return open_pooled(cfg.options, texts, root)
     if cfg.kind != "transformer" or not cfg.freeze_layers:
         return None
     t0 = time.perf_counter()
@@ -152,7 +151,7 @@ def write_fold(out: Path, fold: int, val_idx: np.ndarray, res: dict, summary: di
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="model keys (the YAML's; any of them also as a --key=value override, checked "
-                                        "like the YAML):\n" + config.keys_help(config.Model))
+                                        "like the YAML):\n" + config.model_keys_help())
     ap.add_argument("--model", required=True, help="models/<name>.yaml")
     ap.add_argument("--fold", type=int, required=True, help="the validation fold (0 .. n_folds-1)")
     ap.add_argument("--out-dir", required=True, help="folds/<name>")
@@ -164,10 +163,7 @@ def main(argv=None) -> None:
     args, overrides = ap.parse_known_args(argv)
     cfg = config.load(config.Model, args.model, config.parse_overrides(overrides))
     comp = config.load(config.Competition, args.competition)
-    if cfg.kind != "transformer":  # the kind's params: an unknown key stops here, naming the file
-        from .classical import parse_params
-        parse_params(cfg, args.model)
-    else:  # before any data is read: an unreachable Hub id stops in seconds
+    if cfg.kind == "transformer":  # before any data is read: an unreachable Hub id stops in seconds
         from .encoder import fits_backbone
         try:
             fits_backbone(cfg)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import yaml
 
-from foldstack import classical, config, train
+from foldstack import classical, config, kinds, train
 from tests.conftest import FAST, corpus, write_competition
 
 KINDS = list(FAST)
@@ -19,7 +19,7 @@ def cache_for(tiny_bert, tmp_path):
             return None
         from foldstack.hidden_cache import open_pooled, unique_texts
         all_texts = unique_texts(*texts.values())
-        return open_pooled(classical.parse_params(cfg), all_texts, tmp_path / "cache")
+        return open_pooled(cfg.options, all_texts, tmp_path / "cache")
     return make
 
 
@@ -78,7 +78,7 @@ def test_nb_ratio_favours_the_class_features():
 def test_vectorizers_fit_on_training_texts_only():
     texts, _ = split()
     texts["test"] = ["zzyzx " * 5] * 30  # a word only the test set has
-    p = classical.parse_params(config.Model(kind="tfidf_lr", params={"min_df": 1, "char_ngrams": None}))
+    p = config.Model(kind="tfidf_lr", params={"min_df": 1, "char_ngrams": None}).options
     X, n_features = classical.vectorize(p, texts)
     assert X["train"].shape[1] == X["test"].shape[1] == n_features and X["test"].nnz == 0
     # one-vs-rest workers receive read-only memory maps, so the matrices must already be canonical
@@ -98,14 +98,40 @@ def test_class_missing_from_training_rows_gets_a_zero_column(tmp_path, kind, see
 
 
 def test_params_are_checked():
+    def load(raw):
+        return config.from_mapping(config.Model, raw, "m.yaml")
     with pytest.raises(config.ConfigError, match=r"m\.yaml: unknown key 'params.svd'"):
-        classical.parse_params(config.Model(kind="tfidf_lgbm", params={"svd": 3}), "m.yaml")
+        load({"kind": "tfidf_lgbm", "params": {"svd": 3}})
     with pytest.raises(config.ConfigError, match=r"m\.yaml: key 'params.C': expected float"):
-        classical.parse_params(config.Model(kind="tfidf_lr", params={"C": "big"}), "m.yaml")
+        load({"kind": "tfidf_lr", "params": {"C": "big"}})
     with pytest.raises(config.ConfigError, match=r"key 'params.char_ngrams' must be \[min_n, max_n\]"):
-        classical.parse_params(config.Model(kind="tfidf_lr", params={"char_ngrams": [5, 2]}), "m.yaml")
-    p = classical.parse_params(config.Model(kind="tfidf_lr", params={"char_ngrams": None, "C": 3}), "m.yaml")
-    assert p.char_ngrams is None and p.C == 3.0 and p.word_ngrams == (1, 2)
+        load({"kind": "tfidf_lr", "params": {"char_ngrams": [5, 2]}})
+    p = load({"kind": "tfidf_lr", "params": {"char_ngrams": None, "C": 3}}).options
+    assert type(p) is kinds.TfidfLR and p.char_ngrams is None and p.C == 3.0 and p.word_ngrams == (1, 2)
+    assert type(load({"kind": "nbsvm"}).options) is kinds.NBSVM  # no params: the kind's defaults
+
+
+def test_each_kind_has_only_its_own_keys():
+    """A classical kind refuses a transformer's options and a transformer refuses `params:`: a key that would be
+    silently ignored is an error (naming where it belongs, when the kind has it)."""
+    with pytest.raises(config.ConfigError, match=r"m\.yaml: key 'max_len' is a transformer option; kind: embed_lr "
+                                                 r"does not use it \(its own is params.max_len\)"):
+        config.from_mapping(config.Model, {"kind": "embed_lr", "max_len": 64}, "m.yaml")
+    with pytest.raises(config.ConfigError, match=r"key 'epochs' is a transformer option; kind: tfidf_lr"):
+        config.from_mapping(config.Model, {"kind": "tfidf_lr", "epochs": 3}, "m.yaml")
+    with pytest.raises(config.ConfigError, match=r"m\.yaml: key 'params' belongs to the classical kinds"):
+        config.from_mapping(config.Model, {"kind": "transformer", "params": {"C": 1}}, "m.yaml")
+    assert [key for key, _ in config.Model(params={"C": 1}).check()] == ["params"]  # built in code
+    assert [key for key, _ in config.Model(kind="nbsvm", params={"Cee": 1}).check()] == ["params"]
+
+
+def test_params_override_on_the_command_line(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("kind: tfidf_lr\nparams:\n  C: 2.0\n  min_df: 3\n")
+    cfg = config.load(config.Model, path, config.parse_overrides(["--params.C=5", "--seed=1"]))
+    assert (cfg.options.C, cfg.options.min_df, cfg.seed) == (5.0, 3, 1)
+    with pytest.raises(config.ConfigError, match=r"unknown key 'params.Cee'"):
+        config.load(config.Model, path, config.parse_overrides(["--params.Cee=5"]))
 
 
 def test_train_stops_on_unknown_params_key_naming_the_file(tmp_path, monkeypatch):
@@ -125,7 +151,6 @@ def test_shipped_model_configs_load(name):
     path = ROOT / "models" / f"{name}.yaml"
     path = path if path.exists() else ROOT / "models" / "extra" / f"{name}.yaml"
     cfg = config.load(config.Model, path)
-    params = classical.parse_params(cfg, str(path))
-    assert cfg.kind == name and type(params) is classical.PARAMS[name]
+    assert cfg.kind == name and type(cfg.options) is kinds.PARAMS[name]
     for key, value in cfg.params.items():  # the YAML's value wins over the default
-        assert getattr(params, key) == (tuple(value) if isinstance(value, list) else value), key
+        assert getattr(cfg.options, key) == (tuple(value) if isinstance(value, list) else value), key

@@ -1,9 +1,12 @@
 """Folds are disjoint, covering, stratified, group-safe and reproducible; configs refuse what they don't know."""
+import dataclasses
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from foldstack import config
+from foldstack import config, kinds
 from foldstack.folds import assign_folds, training_mask
 
 
@@ -118,10 +121,9 @@ def test_a_renamed_key_says_what_replaced_it(tmp_path):
 
 def test_every_config_key_has_help():
     """Each key of every YAML config carries its meaning beside it: `--help` of train and pretrain lists them."""
-    from foldstack import augment, classical, ensemble, pretrain, pseudo
+    from foldstack import augment, ensemble, kinds, pretrain, pseudo
     classes = [config.Competition, config.Model, pretrain.Pretrain, ensemble.Ensemble, pseudo.Pseudo, augment.Eda,
-               augment.Backtrans, classical.TfidfLR, classical.TfidfLGBM, classical.TfidfSVM, classical.NBSVM,
-               classical.EmbedLR]
+               augment.Backtrans, *kinds.PARAMS.values()]
     for cls in classes:
         undocumented = [line.split("=")[0].strip() for line in config.keys_help(cls).splitlines()
                         if len(line.split(None, 1)) < 2]
@@ -145,3 +147,21 @@ def test_makevars_renders_what_the_makefile_reads(tmp_path):
     comp.write_text("n_folds: [\n")
     with pytest.raises(config.ConfigError, match="not valid YAML"):
         makevars.render(comp, [], ens)
+
+
+@pytest.mark.parametrize("stage,keys", [
+    ("prep", [("", config.Competition)]), ("folds", [("", config.Competition)]),
+    ("ensemble", [("", "Ensemble")]), ("pseudo", [("", "Pseudo")]),
+    ("augment", [("eda.", "Eda"), ("backtrans.", "Backtrans")]), ("pretrain", [("", "Pretrain")]),
+    ("train", [("", config.Model)] + [("params.", cls) for cls in kinds.PARAMS.values()])])
+def test_every_stage_help_lists_its_config_keys(stage, keys, capsys):
+    """`python -m foldstack.<stage> --help` names every key of the YAML the stage reads (and every kind's)."""
+    import importlib
+    module = importlib.import_module(f"foldstack.{stage}")
+    with pytest.raises(SystemExit):
+        module.main(["--help"])
+    shown = capsys.readouterr().out
+    for prefix, cls in keys:
+        cls = getattr(module, cls) if isinstance(cls, str) else cls
+        for f in dataclasses.fields(cls):
+            assert re.search(rf"^  (--)?{re.escape(prefix + f.name)}[=:]", shown, re.M), f"{stage}: {prefix}{f.name}"

@@ -7,7 +7,7 @@ from tests.conftest import ROOT
 # Lower rank first. Helpers (0: no foldstack stage below them; 1: model and file-format helpers), then the stages in
 # the order the Makefile runs them, then the commands that apply a trained pipeline.
 RANKS = {
-    0: "errors text io config labels metrics estimators optim stamp resources runner demo",
+    0: "errors text io kinds config labels metrics estimators optim stamp resources runner demo",
     1: "batching encoder trainer fold_models hidden_cache classical blenders eda backtrans report_plots submit score",
     2: "prep", 3: "lengths", 4: "folds", 5: "augment", 6: "pretrain", 7: "train", 8: "gather", 9: "ensemble",
     10: "pseudo", 11: "report report_html", 12: "bundle predict", 13: "cli makevars",
