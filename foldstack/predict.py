@@ -14,7 +14,8 @@ Run    make predict TEST=new_test.csv [OUT=submissions/predict.csv] [ROUND=r] [M
 
 Each member predicts exactly as its folds did in training: the same prep (field joining, lemmas), the mean over
 its k fold models (and over seeds within a fold), then the blender fitted on all OOF rows. A frozen-layer member
-runs its frozen layers in fp32 here where training read their float16 cache: probabilities differ by ~1e-3.
+runs its frozen layers once for all folds into a temporary float16 cache, as training did, and each fold runs
+only its upper layers on it.
 """
 from __future__ import annotations
 
@@ -95,6 +96,8 @@ def fold_files(layout: Layout, member: str) -> list[list[Path]]:
 
 def predict_transformer(cfg, files: list[list[Path]], texts: list[str], n_classes: int, multilabel: bool):
     """Mean over folds (and seeds) of the fold classifiers' probabilities [n, C]."""
+    import tempfile
+
     import torch
 
     from .batching import encode
@@ -105,14 +108,43 @@ def predict_transformer(cfg, files: list[list[Path]], texts: list[str], n_classe
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(cfg, n_classes, pretrained=False).to(device)
     dtype = amp_dtype(cfg.amp, device)
-    folds = []
-    for seeds in files:
-        runs = []
-        for f in seeds:
-            model.load_state_dict(fold_models.load(f))  # strict: every tensor comes from the fold's file
-            runs.append(predict(model, seqs, cfg, tokenizer.pad_token_id, device, dtype, multilabel))
-        folds.append(np.mean(runs, axis=0))
+    with tempfile.TemporaryDirectory(prefix="foldstack-frozen-") as tmp:
+        frozen = None
+        if cfg.freeze_layers:  # the frozen layers run once for every fold, through the same float16 cache as training
+            frozen = fold_models.load(files[0][0])
+            model.load_state_dict(frozen)
+            seqs = frozen_rows(model, seqs, texts, tokenizer.pad_token_id, cfg, Path(tmp))
+        folds = []
+        for seeds in files:
+            runs = []
+            for f in seeds:
+                state = fold_models.load(f)
+                same_frozen_layers(state, frozen, f)
+                model.load_state_dict(state)  # strict: every tensor comes from the fold's file
+                runs.append(predict(model, seqs, cfg, tokenizer.pad_token_id, device, dtype, multilabel))
+            folds.append(np.mean(runs, axis=0))
     return np.mean(folds, axis=0).astype(np.float32)
+
+
+def frozen_rows(model, seqs: list, texts: list[str], pad_id: int, cfg, tmp: Path):
+    """The frozen lower layers' output for each distinct text, computed once into a cache under `tmp` (as the
+    train stage's, fp32 stored as float16), as rows the upper layers of every fold read."""
+    from .hidden_cache import HiddenCache, build, unique_texts
+    distinct = unique_texts(texts)
+    first = {t: i for i, t in reversed(list(enumerate(texts)))}
+    build(model, [seqs[first[t]] for t in distinct], pad_id, cfg, tmp / "frozen", {"freeze_layers": cfg.freeze_layers})
+    return HiddenCache(tmp / "frozen", distinct).rows(texts)
+
+
+def same_frozen_layers(state: dict, frozen: dict | None, path: Path) -> None:
+    """A fold whose frozen layers differ from the first fold's cannot read its cache: stop, naming the file."""
+    if frozen is None:
+        return
+    import torch
+    for key, value in frozen.items():
+        if key.startswith("lower.") and not torch.equal(state[key], value):
+            raise InputError(f"{path}: its frozen layers ({key}) differ from {path.parent}'s first fold; "
+                             "were the folds trained from different backbones? re-run make folds")
 
 
 def predict_classical(cfg, files: list[list[Path]], texts: list[str]) -> np.ndarray:
