@@ -3,7 +3,8 @@
 Writes DIR/Makefile, DIR/data/competition.yaml (a template to edit), the default member set into DIR/models/:
 models/extra/*.yaml (competition defaults: a 2-epoch transformer, members too slow for the demo) and the demo's
 models/*.yaml where extra/ has no file of that name,
-models/pretrain/minilm_mlm.yaml (used only when a model names it as backbone), and the empty stage folders. Existing files are never overwritten. Then: put the CSVs in DIR/data/raw/, edit the YAML,
+models/pretrain/minilm_mlm.yaml (used only when a model names it as backbone), a .gitignore that keeps the data and
+every artefact out of git and the YAML configs in, and the empty stage folders. Existing files are never overwritten. Then: put the CSVs in DIR/data/raw/, edit the YAML,
 and run `make folds submit` inside DIR.
 """
 from __future__ import annotations
@@ -31,6 +32,27 @@ n_folds: 5
 seed: 42
 """
 
+# Data and artefacts stay out of a workspace's repository; the configs that say what was run stay in.
+GITIGNORE = """\
+/data/*
+!/data/competition.yaml
+/features/*
+!/features/*.yaml
+/folds/
+/models/*
+!/models/*.yaml
+!/models/extra/
+!/models/pretrain/
+/models/pretrain/*
+!/models/pretrain/*.yaml
+/ensemble/*
+!/ensemble/*.yaml
+/submissions/
+/reports/
+/.stamps/
+/build/
+"""
+
 
 def write_new(path: Path, text: str) -> None:
     if not path.exists():
@@ -42,6 +64,7 @@ def init(target: Path) -> None:
         (target / folder).mkdir(parents=True, exist_ok=True)
     write_new(target / "Makefile", f"# A foldstack workspace: the rules live in the project.\ninclude {ROOT}/Makefile\n")
     write_new(target / "data" / "competition.yaml", COMPETITION_TEMPLATE)
+    write_new(target / ".gitignore", GITIGNORE)
     (target / "models" / "pretrain").mkdir(exist_ok=True)
     # models/extra first: where both hold a name (minilm_bilstm), the competition default wins over the demo's
     members = sorted((ROOT / "models" / "extra").glob("*.yaml")) + sorted((ROOT / "models").glob("*.yaml"))

@@ -112,6 +112,21 @@ def test_init_ships_every_member_and_the_competition_transformer(tmp_path):
     assert (tmp_path / "ws" / "models" / "pretrain" / "minilm_mlm.yaml").exists()
 
 
+def test_init_gitignore_keeps_data_and_artefacts_out_and_configs_in(tmp_path):
+    import subprocess
+    from foldstack import cli
+    ws = tmp_path / "ws"
+    cli.init(ws)
+    subprocess.run(["git", "init", "-q", str(ws)], check=True)
+    paths = {"data/raw/train.csv": True, "data/processed/train.parquet": True, "folds/m/oof.npy": True,
+             "features/eda.parquet": True, "features/cache/x/hidden.npy": True, "ensemble/mean/test.npy": True,
+             "submissions/mean.csv": True, "models/pretrain/minilm_mlm/model.safetensors": True, "build/vars.mk": True,
+             ".stamps/x": True, "data/competition.yaml": False, "models/minilm_bilstm.yaml": False,
+             "models/pretrain/minilm_mlm.yaml": False, "ensemble/ensemble.yaml": False, "features/augment.yaml": False}
+    done = subprocess.run(["git", "-C", str(ws), "check-ignore", *paths], capture_output=True, text=True)
+    assert set(done.stdout.split()) == {p for p, ignored in paths.items() if ignored}
+
+
 def test_a_renamed_key_says_what_replaced_it(tmp_path):
     path = tmp_path / "m.yaml"
     path.write_text("save_checkpoint: true\n")
