@@ -147,6 +147,21 @@ def write_fold(out: Path, fold: int, val_idx: np.ndarray, res: dict, summary: di
         np.savez(fh, val_idx=val_idx, val=res["val"].astype(np.float32), test=res["test"].astype(np.float32))
 
 
+def check_backbone(cfg, where: str) -> None:
+    """Before any data is read, a transformer's or embed_lr's backbone must resolve (an unreachable Hub id stops in
+    seconds) and have room for max_len; ConfigError names `where` and the key."""
+    if cfg.kind not in ("transformer", "embed_lr"):
+        return
+    from .encoder import fits_backbone
+    options = cfg.options
+    encoder_cfg = cfg if options is None else config.Model(backbone=options.backbone, max_len=options.max_len)
+    try:
+        fits_backbone(encoder_cfg)
+    except config.ConfigError as err:
+        message = str(err) if options is None else str(err).replace("key '", "key 'params.", 1)
+        raise config.ConfigError(f"{where}: {message}") from None
+
+
 @one_line_errors
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -163,12 +178,7 @@ def main(argv=None) -> None:
     args, overrides = ap.parse_known_args(argv)
     cfg = config.load(config.Model, args.model, config.parse_overrides(overrides))
     comp = config.load(config.Competition, args.competition)
-    if cfg.kind == "transformer":  # before any data is read: an unreachable Hub id stops in seconds
-        from .encoder import fits_backbone
-        try:
-            fits_backbone(cfg)
-        except config.ConfigError as err:
-            raise config.ConfigError(f"{args.model}: {err}") from None
+    check_backbone(cfg, args.model)
     processed, out = Path(args.processed), Path(args.out_dir)
     train, test = pd.read_parquet(processed / "train.parquet"), pd.read_parquet(processed / "test.parquet")
     classes = classes_json(processed)["classes"]

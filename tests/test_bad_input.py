@@ -264,6 +264,16 @@ def test_max_len_beyond_the_backbone_stops_train_in_one_line(ws, tiny_bert):
                                   f"'{tiny_bert}'"
 
 
+def test_embed_lr_backbone_is_checked_before_train_reads_data(ws, tiny_bert):
+    (ws / "m.yaml").write_text(f"kind: embed_lr\nparams:\n  backbone: {tiny_bert}\n  max_len: 512\n")
+    from foldstack import train
+    with pytest.raises(SystemExit) as exc:  # no prep has run: the check comes before any data is read
+        train.main(["--model=m.yaml", "--fold=0", "--out-dir=folds/m"])
+    print(exc.value.code)
+    assert str(exc.value.code) == f"error: m.yaml: key 'params.max_len': 512 exceeds the 128 positions of " \
+                                  f"backbone '{tiny_bert}'"
+
+
 def test_solution_label_unseen_in_training_is_a_miss(ws, capsys):
     from foldstack import config, score
     comp = config.load(config.Competition, ws / "data/competition.yaml")
