@@ -41,11 +41,10 @@ def quantized(model, per_channel: bool):
         return quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear: qconfig}, dtype=torch.qint8)
 
 
-def truth(ws: Path, solution: str | None, ids: list[str], classes: list[str]) -> np.ndarray | None:
+def truth(comp, solution: str | None, ids: list[str], classes: list[str]) -> np.ndarray | None:
     """Class indices of `ids` from the solution file, or None."""
     if not solution:
         return None
-    comp = config.load(config.Competition, ws / "data" / "competition.yaml")
     sol = pd.read_csv(solution, sep=comp.sep).set_index(comp.id)[comp.label[0]].astype(str)
     return pd.Index(classes).get_indexer(sol.loc[ids])
 
@@ -75,8 +74,8 @@ def main(argv=None) -> None:
             probs[name] = trainer.predict(m, seqs, cfg, tokenizer.pad_token_id, cpu, None, False)
             if rep:
                 secs[name].append(time.perf_counter() - start)
-    y = truth(ws, args.solution, test[config.load(config.Competition, ws / "data" / "competition.yaml").id]
-              .astype(str).tolist(), classes)
+    comp = config.load(config.Competition, ws / "data" / "competition.yaml")
+    y = truth(comp, args.solution, test[comp.id].astype(str).tolist(), classes)
     print(f"{args.member} fold 0, {len(seqs)} test rows, max_len {cfg.max_len}, {torch.get_num_threads()} threads, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
     print(f"{'setting':18s} {'rows/s':>8s} {'speed-up':>9s} {'agree':>7s} {'accuracy':>9s}")

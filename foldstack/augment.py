@@ -84,10 +84,7 @@ class Sections:
     """features/augment.yaml itself: one section per augmented set, each read into its dataclass above."""
     eda: Eda = Eda()                      # the eda: section
     backtrans: Backtrans = Backtrans()    # the backtrans: section
-
-    @classmethod
-    def nested(cls, raw: dict, where: str) -> dict:
-        return SETS  # both sections are checked whenever the file is read, whichever set is built
+    NESTED = SETS  # keys read into a dataclass of their own: both sections are checked whenever the file is read
 
     def check(self) -> list[tuple[str, str]]:
         return []
@@ -188,7 +185,8 @@ def run(name: str, cfg, train: pd.DataFrame, out: Path, workers: int = 2) -> boo
 @one_line_errors
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=config.keys_epilog("features/augment.yaml", ("eda.", Eda), ("backtrans.", Backtrans), overrides=True))
+                                 epilog=config.keys_epilog("features/augment.yaml", ("eda.", Eda),
+                                                           ("backtrans.", Backtrans), overrides=True))
     ap.add_argument("--set", required=True, choices=sorted(SETS), help="which augmented set to build")
     ap.add_argument("--config", default="features/augment.yaml", help="augmentation config")
     ap.add_argument("--train", default="data/processed/train.parquet", help="processed training rows")

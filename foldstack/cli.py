@@ -4,8 +4,8 @@ Writes DIR/Makefile, DIR/data/competition.yaml (a template to edit), the default
 models/extra/*.yaml (competition defaults: a 2-epoch transformer, members too slow for the demo) and the demo's
 models/*.yaml where extra/ has no file of that name,
 models/pretrain/minilm_mlm.yaml (used only when a model names it as backbone), a .gitignore that keeps the data and
-every artefact out of git and the YAML configs in, and the empty stage folders. Existing files are never overwritten. Then: put the CSVs in DIR/data/raw/, edit the YAML,
-and run `make folds submit` inside DIR.
+every artefact out of git and the YAML configs in, and the empty stage folders. Existing files are never
+overwritten. Then: put the CSVs in DIR/data/raw/, edit the YAML, and run `make folds submit` inside DIR.
 """
 from __future__ import annotations
 

@@ -259,7 +259,8 @@ def keys_help(cls, prefix: str = "", as_flags: bool = True) -> str:
             default = f.default
         else:
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)"
-        key = f"  --{prefix}{f.name}={shown_flag(default)}" if as_flags else f"  {prefix}{f.name}: {shown_yaml(default)}"
+        name = prefix + f.name
+        key = f"  --{name}={shown_flag(default)}" if as_flags else f"  {name}: {shown_yaml(default)}"
         lines.append(key.ljust(30) + f" {notes.get(f.name, '')}".rstrip())
     return "\n".join(lines)
 
@@ -273,9 +274,9 @@ def keys_epilog(what: str, *parts: tuple[str, type], overrides: bool = False) ->
 
 
 def model_keys_help() -> str:
-    """For train --help: a transformer's keys, then each classical kind's `params.<key>`."""
+    """train --help's epilog: a transformer's keys, then each classical kind's `params.<key>`."""
     shared = ", ".join(sorted(SHARED_KEYS - {"params"}))
-    parts = ["kind: transformer (every key below is top-level in the YAML):", keys_help(Model)]
+    parts = [keys_epilog("models/<name>.yaml, kind: transformer (all top-level)", ("", Model), overrides=True)]
     for kind, cls in PARAMS.items():
         parts += [f"\nkind: {kind} (top-level keys: {shared}; the rest under params:)", keys_help(cls, "params.")]
     return "\n".join(parts)
@@ -349,10 +350,9 @@ def from_mapping(cls, raw: dict, where: str, section: str = ""):
                           (f"({hint})" if hint else f"(known: {', '.join(sorted(known))})"))
     if hasattr(cls, "check_raw"):
         cls.check_raw(raw, where)
-    nested = cls.nested(raw, where) if hasattr(cls, "nested") else {}
+    nested = getattr(cls, "NESTED", {})  # key -> dataclass of a section read as a config of its own
     values = {k: from_mapping(nested[k], v or {}, where, f"{section}{k}.") if k in nested
               else coerce(v, hints[k], f"{where}: key '{section}{k}'") for k, v in raw.items()}
-    values.update({k: from_mapping(sub, {}, where, f"{section}{k}.") for k, sub in nested.items() if k not in raw})
     cfg = cls(**values)
     for key, problem in cfg.check():
         raise ConfigError(f"{where}: key '{section}{key}' {problem} (got {getattr(cfg, key)!r})")

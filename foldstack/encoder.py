@@ -237,21 +237,22 @@ class Classifier(nn.Module):
         return masked_mean(self.lstm(hidden, mask), mask)
 
 
-def fits_backbone(cfg, encoder_config=None) -> None:
+def fits_backbone(cfg, encoder_config=None, section: str = "") -> None:
     """ConfigError unless the backbone resolves (fast, offline-safe) and has room for max_len and freeze_layers;
-    reads the backbone's config.json only when encoder_config is None (train checks this before any data)."""
+    reads the backbone's config.json only when encoder_config is None (train checks this before any data). `cfg`
+    is a transformer's config, or embed_lr's options with section "params." (the keys' names in errors)."""
     if encoder_config is None:
         from transformers import AutoConfig
         try:
             encoder_config = AutoConfig.from_pretrained(resolve_backbone(cfg.backbone))
         except BackboneError as err:
-            raise ConfigError(f"key 'backbone': {err}") from None
+            raise ConfigError(f"key '{section}backbone': {err}") from None
     if cfg.max_len > usable_positions(encoder_config):
-        raise ConfigError(f"key 'max_len': {cfg.max_len} exceeds the {usable_positions(encoder_config)} positions "
-                          f"of backbone {cfg.backbone!r}")
-    n_layers = encoder_config.num_hidden_layers
-    if cfg.freeze_layers > n_layers:
-        raise ConfigError(f"key 'freeze_layers': {cfg.freeze_layers} exceeds the {n_layers} layers of backbone "
+        raise ConfigError(f"key '{section}max_len': {cfg.max_len} exceeds the {usable_positions(encoder_config)} "
+                          f"positions of backbone {cfg.backbone!r}")
+    n_layers, frozen = encoder_config.num_hidden_layers, getattr(cfg, "freeze_layers", 0)
+    if frozen > n_layers:
+        raise ConfigError(f"key '{section}freeze_layers': {frozen} exceeds the {n_layers} layers of backbone "
                           f"{cfg.backbone!r}")
 
 

@@ -7,6 +7,7 @@ mistyped key stops at load with one line naming the file and `params.<key>`) and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Union
 
 
 @dataclass(frozen=True)
@@ -142,5 +143,5 @@ class EmbedLR:
         return bad
 
 
-Params = TfidfLR | TfidfLGBM | TfidfSVM | NBSVM | EmbedLR
 PARAMS = {"tfidf_lr": TfidfLR, "tfidf_lgbm": TfidfLGBM, "tfidf_svm": TfidfSVM, "nbsvm": NBSVM, "embed_lr": EmbedLR}
+Params = Union[tuple(PARAMS.values())]  # any kind's options

@@ -108,20 +108,18 @@ def predict_transformer(cfg, files: list[list[Path]], texts: list[str], n_classe
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(cfg, n_classes, pretrained=False).to(device)
     dtype = amp_dtype(cfg.amp, device)
+    rows, frozen, folds = seqs, None, []
     with tempfile.TemporaryDirectory(prefix="foldstack-frozen-") as tmp:
-        frozen = None
-        if cfg.freeze_layers:  # the frozen layers run once for every fold, through the same float16 cache as training
-            frozen = fold_models.load(files[0][0])
-            model.load_state_dict(frozen)
-            seqs = frozen_rows(model, seqs, texts, tokenizer.pad_token_id, cfg, Path(tmp))
-        folds = []
         for seeds in files:
             runs = []
             for f in seeds:
                 state = fold_models.load(f)
                 same_frozen_layers(state, frozen, f)
                 model.load_state_dict(state)  # strict: every tensor comes from the fold's file
-                runs.append(predict(model, seqs, cfg, tokenizer.pad_token_id, device, dtype, multilabel))
+                if cfg.freeze_layers and frozen is None:  # the first file's frozen layers serve every fold
+                    frozen = state
+                    rows = frozen_rows(model, seqs, texts, tokenizer.pad_token_id, cfg, Path(tmp))
+                runs.append(predict(model, rows, cfg, tokenizer.pad_token_id, device, dtype, multilabel))
             folds.append(np.mean(runs, axis=0))
     return np.mean(folds, axis=0).astype(np.float32)
 
@@ -129,11 +127,12 @@ def predict_transformer(cfg, files: list[list[Path]], texts: list[str], n_classe
 def frozen_rows(model, seqs: list, texts: list[str], pad_id: int, cfg, tmp: Path):
     """The frozen lower layers' output for each distinct text, computed once into a cache under `tmp` (as the
     train stage's, fp32 stored as float16), as rows the upper layers of every fold read."""
-    from .hidden_cache import HiddenCache, build, unique_texts
-    distinct = unique_texts(texts)
-    first = {t: i for i, t in reversed(list(enumerate(texts)))}
-    build(model, [seqs[first[t]] for t in distinct], pad_id, cfg, tmp / "frozen", {"freeze_layers": cfg.freeze_layers})
-    return HiddenCache(tmp / "frozen", distinct).rows(texts)
+    from .hidden_cache import HiddenCache, build
+    first: dict[str, int] = {}  # each distinct text -> its first row, in first-seen order
+    for i, text in enumerate(texts):
+        first.setdefault(text, i)
+    build(model, [seqs[i] for i in first.values()], pad_id, cfg, tmp / "frozen", {"freeze_layers": cfg.freeze_layers})
+    return HiddenCache(tmp / "frozen", list(first)).rows(texts)
 
 
 def same_frozen_layers(state: dict, frozen: dict | None, path: Path) -> None:

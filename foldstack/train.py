@@ -153,20 +153,16 @@ def check_backbone(cfg, where: str) -> None:
     if cfg.kind not in ("transformer", "embed_lr"):
         return
     from .encoder import fits_backbone
-    options = cfg.options
-    encoder_cfg = cfg if options is None else config.Model(backbone=options.backbone, max_len=options.max_len)
     try:
-        fits_backbone(encoder_cfg)
+        fits_backbone(cfg.options or cfg, section="params." if cfg.options else "")
     except config.ConfigError as err:
-        message = str(err) if options is None else str(err).replace("key '", "key 'params.", 1)
-        raise config.ConfigError(f"{where}: {message}") from None
+        raise config.ConfigError(f"{where}: {err}") from None
 
 
 @one_line_errors
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="model keys (the YAML's; any of them also as a --key=value override, checked "
-                                        "like the YAML):\n" + config.model_keys_help())
+                                 epilog=config.model_keys_help())
     ap.add_argument("--model", required=True, help="models/<name>.yaml")
     ap.add_argument("--fold", type=int, required=True, help="the validation fold (0 .. n_folds-1)")
     ap.add_argument("--out-dir", required=True, help="folds/<name>")
