@@ -112,7 +112,7 @@ def run_isolated(script: Path, worker: str, spec: dict, preload: str | None = No
 def worker_main(workers: dict, argv: list[str]) -> bool:
     """In a worker process (argv has --worker): set the threads, run the worker, write its result; else False."""
     import argparse
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(add_help=False)  # --help belongs to the script's own parser
     ap.add_argument("--worker")
     ap.add_argument("--spec")
     ap.add_argument("--result")

@@ -1,5 +1,6 @@
 """A smoke run of the bench harness (issue 15): `bench/bench.py --quick` on a tiny competition with a tiny encoder
-runs all three settings, the GEMM peak and the quality check in their own processes and reports every target."""
+runs all three settings, the GEMM peak and the quality check in their own processes and reports every target.
+And every bench script's --help is its own (the worker processes' parser must not take it over)."""
 import json
 import subprocess
 import sys
@@ -10,9 +11,16 @@ import yaml
 from foldstack import prep
 from tests.conftest import ROOT, make_tiny_bert, write_competition
 
-pytestmark = pytest.mark.slow
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "bench").glob("*.py")
+                                          if p.name not in ("benchlib.py", "settings.py")))
+def test_bench_script_help_is_its_own(script):
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--help"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--worker WORKER" not in done.stdout and done.stdout.count("--") > 3, done.stdout
 
 
+@pytest.mark.slow
 def test_bench_quick_reports_every_target(tmp_path, monkeypatch):
     tiny_bert = make_tiny_bert(tmp_path / "tiny_bert", positions=320)  # the recipe loop pads to 300 tokens
     write_competition(tmp_path, n_train=200, n_test=20)
