@@ -1,9 +1,9 @@
 """Tokenize once, truncate (head | tail | head_tail), and batch with little padding.
 
 Training batches are length-bucketed: rows are shuffled, cut into chunks of `BUCKET` batches, sorted by length
-inside a chunk, split into batches and the batches shuffled again — near-random batches that pad little.
-Inference batches are sorted by length. Padding goes to the batch's longest row rounded up to a multiple of 8
-(fewer distinct shapes, which keeps the allocator from fragmenting).
+inside a chunk, split into batches and the batches shuffled again — near-random batches that pad little. Their
+padding goes to the longest row rounded up to a multiple of 8 (fewer distinct shapes, which keeps the allocator
+from fragmenting). Inference batches are sorted by length (`eval_plan`); on a CPU they are also small and exact.
 """
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ from .text import FIELD_SEP
 
 BUCKET = 50
 PAD_MULTIPLE = 8
+# CPU inference: at most this many padded tokens per batch. bench/levers.py's width_infer measured it against
+# eval_batch_size (64) rows padded to a multiple of 8: 1.15x (demo, 64 tokens) and 1.18x (20news, 256 tokens) the
+# rows/s in fp32, 1.05-1.10x in bf16, with 1,024 and 4,096 slower; smaller batches keep the activations in cache.
+CPU_EVAL_TOKENS = 2048
 
 
 def truncate(ids: list[int], budget: int, mode: str) -> list[int]:
@@ -57,16 +61,38 @@ def train_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Batches of row positions sorted longest first (the first batch shows the peak memory at once)."""
-    order = np.argsort(-lengths, kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+def eval_batches(lengths: np.ndarray, batch_size: int, max_tokens: int | None = None) -> list[np.ndarray]:
+    """Batches of row positions sorted longest first (the first batch shows the peak memory at once), each of at
+    most batch_size rows and, given max_tokens, at most that many padded tokens (rows x its longest row)."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    if max_tokens is None:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches, start = [], 0
+    while start < len(order):
+        n = max(1, min(batch_size, max_tokens // max(1, int(lengths[order[start]]))))
+        batches.append(order[start:start + n])
+        start += n
+    return batches
 
 
-def collate(seqs: list[np.ndarray], pad_id: int, max_len: int) -> dict[str, torch.Tensor]:
-    """Right-padded input_ids and attention_mask [B, T], T = longest rounded up to a multiple of 8 (<= max_len)."""
-    width = max(len(s) for s in seqs)
-    return pad_batch(seqs, pad_id, min(-(-width // PAD_MULTIPLE) * PAD_MULTIPLE, max(max_len, width)))
+def eval_plan(lengths: np.ndarray, batch_size: int, device_type: str) -> tuple[list[np.ndarray], int]:
+    """Inference batches for rows of these lengths on this device, and the multiple their width pads to.
+
+    On a CPU: at most CPU_EVAL_TOKENS padded tokens per batch, each padded to its exact longest row. Elsewhere
+    (CUDA): batch_size rows, padded to a multiple of 8, the widths tensor cores are built for."""
+    if device_type == "cpu":
+        return eval_batches(lengths, batch_size, CPU_EVAL_TOKENS), 1
+    return eval_batches(lengths, batch_size), PAD_MULTIPLE
+
+
+def padded_width(longest: int, max_len: int, multiple: int = PAD_MULTIPLE) -> int:
+    """`longest` rounded up to `multiple`, but never past max_len (unless a row is longer)."""
+    return min(-(-longest // multiple) * multiple, max(max_len, longest))
+
+
+def collate(seqs: list[np.ndarray], pad_id: int, max_len: int, multiple: int = PAD_MULTIPLE) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids and attention_mask [B, T], T = longest rounded up to `multiple` (<= max_len)."""
+    return pad_batch(seqs, pad_id, padded_width(max(len(s) for s in seqs), max_len, multiple))
 
 
 def pad_batch(seqs: list[np.ndarray], pad_id: int, width: int) -> dict[str, torch.Tensor]:

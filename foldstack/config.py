@@ -120,7 +120,7 @@ class Model:
     augment: tuple[str, ...] = ()  # augmented sets to train with: features/<name>.parquet (e.g. [eda, backtrans])
     freeze_layers: int = 0         # embeddings + this many lowest layers frozen; their outputs cached once for all folds
     seeds: tuple[int, ...] = ()    # several seeds per fold, probabilities averaged (empty: just `seed`)
-    eval_batch_size: int = 64      # rows per batch when predicting validation and test
+    eval_batch_size: int = 64      # rows per batch when predicting validation and test (on a CPU also <= 2048 tokens)
     keep_models: bool = True       # keep each fold's fitted model beside its OOF part (folds/<m>/fold<k>.safetensors
     #                                or .joblib): `make predict` and `make export` need them; false: OOF arrays only
     seed: int = 42                 # of the head's initialisation and the batch order (offset by the fold)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .batching import PAD_MULTIPLE, collate, eval_batches
+from .batching import PAD_MULTIPLE, collate, eval_plan
 
 FP16_MAX = float(np.finfo(np.float16).max)
 
@@ -86,8 +86,9 @@ def compute(model, seqs: list[np.ndarray], pad_id: int, max_len: int, batch_size
     width = model.lower.config.hidden_size
     out = np.lib.format.open_memmap(hidden_file, mode="w+", dtype=np.float16, shape=(int(offsets[-1]), width))
     device = next(model.parameters()).device
-    for idx in eval_batches(lengths, batch_size):
-        batch = collate([seqs[i] for i in idx], pad_id, max_len)
+    batches, multiple = eval_plan(lengths, batch_size, device.type)
+    for idx in batches:
+        batch = collate([seqs[i] for i in idx], pad_id, max_len, multiple)
         batch = {k: v.to(device) for k, v in batch.items()}
         h = model.lower_hidden(**batch).float().cpu().numpy()
         if np.abs(h).max() > FP16_MAX:
@@ -142,10 +143,11 @@ class CachedRows:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
-        """hidden [B, T, H] float32 (zeros past each row's end) and attention_mask [B, T], T a multiple of 8."""
+    def batch(self, idx: np.ndarray, multiple: int = PAD_MULTIPLE) -> dict[str, torch.Tensor]:
+        """hidden [B, T, H] float32 (zeros past each row's end) and attention_mask [B, T], T a multiple of
+        `multiple` (batching.eval_plan's for predicting, 8 for training)."""
         lengths = self.lengths[idx]
-        width = -(-int(lengths.max()) // PAD_MULTIPLE) * PAD_MULTIPLE
+        width = -(-int(lengths.max()) // multiple) * multiple
         hidden = np.zeros((len(idx), width, self.cache.hidden.shape[1]), dtype=np.float32)
         mask = np.zeros((len(idx), width), dtype=np.int64)
         for j, r in enumerate(self.rows[idx]):
@@ -195,8 +197,9 @@ def pool(encoder, seqs: list[np.ndarray], pad_id: int, max_len: int, batch_size:
     from .encoder import masked_mean
     out = np.zeros((len(seqs), encoder.config.hidden_size), dtype=np.float32)
     device = next(encoder.parameters()).device
-    for idx in eval_batches(np.array([len(s) for s in seqs]), batch_size):
-        batch = {k: v.to(device) for k, v in collate([seqs[i] for i in idx], pad_id, max_len).items()}
+    batches, multiple = eval_plan(np.array([len(s) for s in seqs]), batch_size, device.type)
+    for idx in batches:
+        batch = {k: v.to(device) for k, v in collate([seqs[i] for i in idx], pad_id, max_len, multiple).items()}
         hidden = encoder(**batch).last_hidden_state
         out[idx] = masked_mean(hidden, batch["attention_mask"]).float().cpu().numpy()
     return out

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import metrics
-from .batching import collate, eval_batches, train_batches
+from .batching import PAD_MULTIPLE, collate, eval_plan, train_batches
 from .errors import kill_point
 from .optim import make_optimizer, make_scheduler
 
@@ -42,11 +42,12 @@ def row_lengths(rows) -> np.ndarray:
     return rows.lengths if hasattr(rows, "lengths") else np.array([len(s) for s in rows])
 
 
-def make_batch(rows, idx: np.ndarray, pad_id: int, max_len: int) -> dict:
-    """The model's inputs for rows[idx]: padded token ids, or (cached rows) padded frozen-layer outputs."""
+def make_batch(rows, idx: np.ndarray, pad_id: int, max_len: int, multiple: int = PAD_MULTIPLE) -> dict:
+    """The model's inputs for rows[idx]: padded token ids, or (cached rows) padded frozen-layer outputs; the
+    width a multiple of `multiple`."""
     if hasattr(rows, "batch"):
-        return rows.batch(idx)
-    return collate([rows[i] for i in idx], pad_id, max_len)
+        return rows.batch(idx, multiple)
+    return collate([rows[i] for i in idx], pad_id, max_len, multiple)
 
 
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
@@ -150,8 +151,9 @@ def predict(model, seqs: list, cfg, pad_id: int, device, dtype, multilabel: bool
 
 def _predict(model, seqs: list, cfg, pad_id: int, device, dtype, multilabel: bool) -> np.ndarray:
     out = None
-    for idx in eval_batches(row_lengths(seqs), cfg.eval_batch_size):
-        batch = to_device(make_batch(seqs, idx, pad_id, cfg.max_len), device)
+    batches, multiple = eval_plan(row_lengths(seqs), cfg.eval_batch_size, device.type)
+    for idx in batches:
+        batch = to_device(make_batch(seqs, idx, pad_id, cfg.max_len, multiple), device)
         with autocast(device, dtype):
             logits = model(**batch).float()
         probs = (torch.sigmoid(logits) if multilabel else torch.softmax(logits, -1)).cpu().numpy()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from foldstack import config, trainer
-from foldstack.batching import collate, encode, special_frame, train_batches, truncate
+from foldstack.batching import CPU_EVAL_TOKENS, collate, encode, eval_plan, special_frame, train_batches, truncate
 from foldstack.encoder import attention_kernel, build_model, load_tokenizer
 from foldstack.optim import make_optimizer, make_scheduler, param_groups
 from foldstack.text import FIELD_SEP
@@ -85,6 +85,21 @@ def test_bucketed_batches_cover_every_row_once_and_pad_little():
     padded = sum(len(b) * lengths[b].max() for b in batches)
     assert padded < 1.15 * lengths.sum(), "length bucketing should keep padding small"
     assert collate([np.arange(3), np.arange(9)], 1, 64)["input_ids"].shape == (2, 16)  # rounded to 8
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_inference_batches_cover_every_row_once_longest_first(device):
+    lengths = np.random.default_rng(1).integers(1, 300, 1000)
+    batches, multiple = eval_plan(lengths, 64, device)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(1000))
+    assert np.all(np.diff(lengths[flat]) <= 0)
+    assert all(len(b) <= 64 for b in batches)
+    if device == "cpu":  # small batches as wide as their longest row
+        assert multiple == 1 and all(len(b) == 1 or len(b) * lengths[b].max() <= CPU_EVAL_TOKENS for b in batches)
+        assert collate([np.arange(3), np.arange(9)], 1, 64, multiple)["input_ids"].shape == (2, 9)
+    else:  # eval_batch_size rows, widths a multiple of 8 for tensor cores
+        assert multiple == 8 and all(len(b) == 64 for b in batches[:-1])
 
 
 def fold_data(tok, n_train=40, n_val=16, multilabel=False):
