@@ -10,10 +10,14 @@ Levers (the first variant is foldstack's current choice):
   padding               length-bucketed dynamic padding vs random batches padded to their longest row (HF's
                         default) vs random batches padded to max_len
   sorted_infer          length-sorted inference batches vs row order
+  width_infer           CPU inference batches of at most 2,048 padded tokens, each as wide as its longest row, vs
+                        eval_batch_size rows padded to a multiple of 8 (foldstack's plan until 2026-12) and others
   attention             SDPA (`attention: auto`, transformers' default) vs eager (opt-in: faster on CPU, more memory)
   adamw                 fused AdamW (make_optimizer) vs foreach; also the bare optimizer.step() time
   threads               torch threads 2 vs 1
   compile               the encoder as loaded vs torch.compile(encoder) (compile time reported apart)
+  compile_infer         prediction with the encoder as loaded vs torch.compile(encoder, dynamic=True) with
+                        inductor's `freezing` (weights folded into the graph as constants and pre-packed)
 Each lever runs in its own fresh process (thread pools, compiled graphs, allocator state do not leak between
 levers). Inside it the variants alternate block by block, A B | B A | A B ..., on the same rows, so drift over
 minutes hits both sides alike; a training block is `warm` untimed + `steps` timed steps of trainer.train_epoch
@@ -61,8 +65,9 @@ class Ctx:
                                        optimizer)
         return {"rate": res["samples_per_s"], "collate_share": res["collate_share"], "pad_share": res["pad_share"]}
 
-    def infer(self, model, dtype="amp") -> dict:
-        probs, res = benchlib.foldstack_predict(model, self.rows, self.cfg, self.dtype if dtype == "amp" else dtype)
+    def infer(self, model, dtype="amp", cfg=None) -> dict:
+        probs, res = benchlib.foldstack_predict(model, self.rows, cfg or self.cfg,
+                                                self.dtype if dtype == "amp" else dtype)
         return {"rate": res["rows_per_s"], "pad_share": res["pad_share"], "argmax": probs.argmax(1)}
 
 
@@ -112,7 +117,27 @@ def lever_padding(ctx: Ctx) -> dict:
 def lever_sorted_infer(ctx: Ctx) -> dict:
     model = ctx.model()
     infer = lambda: ctx.infer(model)  # noqa: E731
-    return {"length-sorted": infer, "row order": with_patches(infer, ("eval_batches", row_order_batches))}
+    row_order = lambda lengths, batch_size, device: (row_order_batches(lengths, batch_size), 1)  # noqa: E731
+    return {"length-sorted": infer, "row order": with_patches(infer, ("eval_plan", row_order))}
+
+
+def fixed_plan(max_tokens: int | None, multiple: int):
+    """A stand-in for batching.eval_plan: this token budget (None: eval_batch_size rows) and width multiple."""
+    from foldstack.batching import eval_batches
+    return lambda lengths, batch_size, device: (eval_batches(lengths, batch_size, max_tokens), multiple)
+
+
+def lever_width_infer(ctx: Ctx) -> dict:
+    """foldstack's CPU plan (batching.eval_plan) against its earlier one (eval_batch_size rows, width to a multiple
+    of 8) and its neighbours."""
+    from foldstack.batching import CPU_EVAL_TOKENS, PAD_MULTIPLE
+    model = ctx.model()
+    infer = lambda: ctx.infer(model)  # noqa: E731
+    rows = ctx.cfg.eval_batch_size
+    plans = {f"{rows} rows, multiple of {PAD_MULTIPLE}": (None, PAD_MULTIPLE), f"{rows} rows, exact width": (None, 1),
+             **{f"<= {b} tokens, exact width": (b, 1) for b in (CPU_EVAL_TOKENS // 2, CPU_EVAL_TOKENS * 2)}}
+    return {f"<= {CPU_EVAL_TOKENS} tokens, exact width": infer,
+            **{name: with_patches(infer, ("eval_plan", fixed_plan(*plan))) for name, plan in plans.items()}}
 
 
 def lever_attention(ctx: Ctx) -> dict:
@@ -174,14 +199,32 @@ def lever_compile(ctx: Ctx) -> dict:
             "torch.compile(encoder)": lambda: {**ctx.train(compiled), "compile_secs": ctx.compile_secs}}
 
 
+def lever_compile_infer(ctx: Ctx) -> dict:
+    """Inference through inductor with freezing on. Frozen weights are constants of the compiled graph: loading
+    another fold's weights into the same module would go unseen, so a real use compiles once per fold model.
+    The first (compiling) pass is reported as compile_secs, not mixed into the rate."""
+    import torch
+    import torch._inductor.config
+    torch._inductor.config.freezing = True  # this lever's own process only
+    plain, compiled = ctx.model(), ctx.model()
+    compiled.encoder = torch.compile(compiled.encoder, dynamic=True)
+    start = time.perf_counter()
+    ctx.infer(compiled)
+    ctx.compile_secs = time.perf_counter() - start
+    return {"as loaded": lambda: ctx.infer(plain),
+            "torch.compile(encoder), freezing": lambda: {**ctx.infer(compiled), "compile_secs": ctx.compile_secs}}
+
+
 LEVERS = {"amp_train": ("bf16 autocast, training", lever_amp_train),
           "amp_infer": ("bf16 autocast, inference", lever_amp_infer),
           "padding": ("length-bucketed padding, training", lever_padding),
           "sorted_infer": ("length-sorted inference", lever_sorted_infer),
+          "width_infer": ("inference batch width", lever_width_infer),
           "attention": ("attention kernel, training", lever_attention),
           "adamw": ("AdamW implementation, training", lever_adamw),
           "threads": ("torch threads, training", lever_threads),
-          "compile": ("torch.compile of the encoder, training", lever_compile)}
+          "compile": ("torch.compile of the encoder, training", lever_compile),
+          "compile_infer": ("torch.compile of the encoder, inference", lever_compile_infer)}
 
 
 def alternate(variants: dict, rounds: int) -> dict[str, list[dict]]:
@@ -276,6 +319,8 @@ def parse_args(argv=None):
     ap.add_argument("--rounds", type=int, help=f"rounds of alternation {note('rounds')}")
     ap.add_argument("--eval-rows", type=int, help=f"rows per inference block {note('eval_rows')}")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    ap.add_argument("--amp", choices=("auto", "bf16", "off"), default=None,
+                    help="foldstack's autocast (default: the YAML's); off shows a CPU without native bf16")
     ap.add_argument("--quick", action="store_true", help="a smoke run: tiny blocks, one round")
     ap.add_argument("--out", help="default bench/results/levers.json (--quick: levers-quick.json)")
     args = ap.parse_args(argv)
