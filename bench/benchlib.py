@@ -231,9 +231,9 @@ class Recorder:
     def __init__(self, collate):
         self.collate, self.batches, self.secs = collate, [], 0.0
 
-    def __call__(self, seqs, pad_id, max_len):
+    def __call__(self, seqs, *args):
         start = time.perf_counter()
-        batch = self.collate(seqs, pad_id, max_len)
+        batch = self.collate(seqs, *args)
         self.secs += time.perf_counter() - start
         self.batches.append(batch_stats([len(s) for s in seqs], batch["input_ids"].shape[1]))
         return batch

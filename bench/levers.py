@@ -105,13 +105,14 @@ def lever_amp_infer(ctx: Ctx) -> dict:
 
 
 def lever_padding(ctx: Ctx) -> dict:
-    from foldstack.batching import pad_batch  # collate(seqs, pad_id, max_len) -> every batch max_len wide
+    from foldstack.batching import pad_batch
+    to_max_len = lambda seqs, pad_id, max_len, *_: pad_batch(seqs, pad_id, max_len)  # noqa: E731  every batch max_len wide
     model = ctx.model()
     train = lambda: ctx.train(model)  # noqa: E731
     return {"length-bucketed, dynamic": train,
             "random batches, dynamic": with_patches(train, ("train_batches", random_batches)),
             "random batches, max_len": with_patches(train, ("train_batches", random_batches),
-                                                    ("collate", pad_batch))}
+                                                    ("collate", to_max_len))}
 
 
 def lever_sorted_infer(ctx: Ctx) -> dict:
