@@ -26,8 +26,9 @@ warm-up steps to the end of the last step; tokens/s counts the real (non-pad) to
 Then foldstack and Trainer each train one longer pass (--quality-rows, 6,000) and score the same 1,000 held-out
 rows: "equal final quality" is judged there (the timed steps are too early in training to compare). After the
 timed steps each model predicts the same held-out rows: foldstack's predict (length-sorted, on a CPU in batches
-of at most 2,048 tokens as wide as their longest row, amp) and Trainer.predict are timed (rows/s); the recipe's model is scored with foldstack's predict in fp32 (its outputs
-equal padded-to-300 ones up to rounding), its inference is not timed.
+of at most 2,048 tokens as wide as their longest row, amp) and Trainer.predict are timed (rows/s); the recipe's
+model is scored with foldstack's predict in fp32 (its outputs equal padded-to-300 ones up to rounding), its
+inference is not timed.
 """
 from __future__ import annotations
 

@@ -65,9 +65,8 @@ class Ctx:
                                        optimizer)
         return {"rate": res["samples_per_s"], "collate_share": res["collate_share"], "pad_share": res["pad_share"]}
 
-    def infer(self, model, dtype="amp", cfg=None) -> dict:
-        probs, res = benchlib.foldstack_predict(model, self.rows, cfg or self.cfg,
-                                                self.dtype if dtype == "amp" else dtype)
+    def infer(self, model, dtype="amp") -> dict:
+        probs, res = benchlib.foldstack_predict(model, self.rows, self.cfg, self.dtype if dtype == "amp" else dtype)
         return {"rate": res["rows_per_s"], "pad_share": res["pad_share"], "argmax": probs.argmax(1)}
 
 
@@ -77,8 +76,18 @@ def random_batches(lengths, batch_size: int, rng) -> list[np.ndarray]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def row_order_batches(lengths, batch_size: int) -> list[np.ndarray]:
-    return [np.arange(i, min(i + batch_size, len(lengths))) for i in range(0, len(lengths), batch_size)]
+def row_order_batches(lengths, batch_size: int, max_tokens: int) -> list[np.ndarray]:
+    """Consecutive rows in file order, batches capped as eval_plan's are (rows, and padded tokens)."""
+    batches, start = [], 0
+    while start < len(lengths):
+        end, longest = start + 1, int(lengths[start])
+        while end < len(lengths) and end - start < batch_size:
+            if (end - start + 1) * max(longest, int(lengths[end])) > max_tokens:
+                break
+            longest, end = max(longest, int(lengths[end])), end + 1
+        batches.append(np.arange(start, end))
+        start = end
+    return batches
 
 
 def with_patches(fn, *patches):
@@ -106,7 +115,8 @@ def lever_amp_infer(ctx: Ctx) -> dict:
 
 def lever_padding(ctx: Ctx) -> dict:
     from foldstack.batching import pad_batch
-    to_max_len = lambda seqs, pad_id, max_len, *_: pad_batch(seqs, pad_id, max_len)  # noqa: E731  every batch max_len wide
+    # every batch max_len wide (takes collate's arguments)
+    to_max_len = lambda seqs, pad_id, max_len, *_: pad_batch(seqs, pad_id, max_len)  # noqa: E731
     model = ctx.model()
     train = lambda: ctx.train(model)  # noqa: E731
     return {"length-bucketed, dynamic": train,
@@ -118,7 +128,9 @@ def lever_padding(ctx: Ctx) -> dict:
 def lever_sorted_infer(ctx: Ctx) -> dict:
     model = ctx.model()
     infer = lambda: ctx.infer(model)  # noqa: E731
-    row_order = lambda lengths, batch_size, device: (row_order_batches(lengths, batch_size), 1)  # noqa: E731
+    from foldstack.batching import CPU_EVAL_TOKENS
+    row_order = lambda lengths, batch_size, device: (  # noqa: E731
+        row_order_batches(lengths, batch_size, CPU_EVAL_TOKENS), 1)
     return {"length-sorted": infer, "row order": with_patches(infer, ("eval_plan", row_order))}
 
 

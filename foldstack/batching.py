@@ -63,13 +63,14 @@ def train_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator
 
 def eval_batches(lengths: np.ndarray, batch_size: int, max_tokens: int | None = None) -> list[np.ndarray]:
     """Batches of row positions sorted longest first (the first batch shows the peak memory at once), each of at
-    most batch_size rows and, given max_tokens, at most that many padded tokens (rows x its longest row)."""
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    if max_tokens is None:
-        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    most batch_size rows and, given max_tokens, at most that many padded tokens (rows x its longest row; a longer
+    row is a batch of its own)."""
+    lengths = np.asarray(lengths)
+    order = np.argsort(-lengths, kind="stable")
     batches, start = [], 0
     while start < len(order):
-        n = max(1, min(batch_size, max_tokens // max(1, int(lengths[order[start]]))))
+        longest = max(1, int(lengths[order[start]]))
+        n = batch_size if max_tokens is None else max(1, min(batch_size, max_tokens // longest))
         batches.append(order[start:start + n])
         start += n
     return batches
@@ -85,9 +86,13 @@ def eval_plan(lengths: np.ndarray, batch_size: int, device_type: str) -> tuple[l
     return eval_batches(lengths, batch_size), PAD_MULTIPLE
 
 
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
 def padded_width(longest: int, max_len: int, multiple: int = PAD_MULTIPLE) -> int:
     """`longest` rounded up to `multiple`, but never past max_len (unless a row is longer)."""
-    return min(-(-longest // multiple) * multiple, max(max_len, longest))
+    return min(round_up(longest, multiple), max(max_len, longest))
 
 
 def collate(seqs: list[np.ndarray], pad_id: int, max_len: int, multiple: int = PAD_MULTIPLE) -> dict[str, torch.Tensor]:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .batching import PAD_MULTIPLE, collate, eval_plan
+from .batching import PAD_MULTIPLE, collate, eval_plan, round_up
 
 FP16_MAX = float(np.finfo(np.float16).max)
 
@@ -147,7 +147,7 @@ class CachedRows:
         """hidden [B, T, H] float32 (zeros past each row's end) and attention_mask [B, T], T a multiple of
         `multiple` (batching.eval_plan's for predicting, 8 for training)."""
         lengths = self.lengths[idx]
-        width = -(-int(lengths.max()) // multiple) * multiple
+        width = round_up(int(lengths.max()), multiple)
         hidden = np.zeros((len(idx), width, self.cache.hidden.shape[1]), dtype=np.float32)
         mask = np.zeros((len(idx), width), dtype=np.int64)
         for j, r in enumerate(self.rows[idx]):

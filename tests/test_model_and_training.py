@@ -89,14 +89,15 @@ def test_bucketed_batches_cover_every_row_once_and_pad_little():
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_inference_batches_cover_every_row_once_longest_first(device):
-    lengths = np.random.default_rng(1).integers(1, 300, 1000)
+    lengths = np.concatenate([np.random.default_rng(1).integers(1, 300, 1000), [2049, 3000, 2048]])
     batches, multiple = eval_plan(lengths, 64, device)
     flat = np.concatenate(batches)
-    assert sorted(flat.tolist()) == list(range(1000))
+    assert sorted(flat.tolist()) == list(range(1003))
     assert np.all(np.diff(lengths[flat]) <= 0)
     assert all(len(b) <= 64 for b in batches)
     if device == "cpu":  # small batches as wide as their longest row
         assert multiple == 1 and all(len(b) == 1 or len(b) * lengths[b].max() <= CPU_EVAL_TOKENS for b in batches)
+        assert [len(b) for b in batches[:3]] == [1, 1, 1]  # longer than the budget: a batch of its own
         assert collate([np.arange(3), np.arange(9)], 1, 64, multiple)["input_ids"].shape == (2, 9)
     else:  # eval_batch_size rows, widths a multiple of 8 for tensor cores
         assert multiple == 8 and all(len(b) == 64 for b in batches[:-1])
