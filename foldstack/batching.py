@@ -86,6 +86,14 @@ def eval_plan(lengths: np.ndarray, batch_size: int, device_type: str) -> tuple[l
     return eval_batches(lengths, batch_size), PAD_MULTIPLE
 
 
+def inference_batches(seqs: list[np.ndarray], pad_id: int, max_len: int, batch_size: int, device: torch.device):
+    """Yields (row positions, padded input_ids + attention_mask on `device`) for predicting token-id rows, in
+    eval_plan's batches: the loop of every inference pass over token ids (not over frozen-cache rows)."""
+    batches, multiple = eval_plan(np.array([len(s) for s in seqs]), batch_size, device.type)
+    for idx in batches:
+        yield idx, {k: v.to(device) for k, v in collate([seqs[i] for i in idx], pad_id, max_len, multiple).items()}
+
+
 def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .batching import PAD_MULTIPLE, collate, eval_plan, round_up
+from .batching import PAD_MULTIPLE, inference_batches, round_up
 
 FP16_MAX = float(np.finfo(np.float16).max)
 
@@ -85,11 +85,7 @@ def compute(model, seqs: list[np.ndarray], pad_id: int, max_len: int, batch_size
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     width = model.lower.config.hidden_size
     out = np.lib.format.open_memmap(hidden_file, mode="w+", dtype=np.float16, shape=(int(offsets[-1]), width))
-    device = next(model.parameters()).device
-    batches, multiple = eval_plan(lengths, batch_size, device.type)
-    for idx in batches:
-        batch = collate([seqs[i] for i in idx], pad_id, max_len, multiple)
-        batch = {k: v.to(device) for k, v in batch.items()}
+    for idx, batch in inference_batches(seqs, pad_id, max_len, batch_size, next(model.parameters()).device):
         h = model.lower_hidden(**batch).float().cpu().numpy()
         if np.abs(h).max() > FP16_MAX:
             raise ValueError("a frozen layer's output exceeds float16's range; use freeze_layers: 0")
@@ -196,10 +192,7 @@ def pool(encoder, seqs: list[np.ndarray], pad_id: int, max_len: int, batch_size:
     """Mean of the last hidden state over real tokens, per text [n, H] (fp32, length-sorted batches)."""
     from .encoder import masked_mean
     out = np.zeros((len(seqs), encoder.config.hidden_size), dtype=np.float32)
-    device = next(encoder.parameters()).device
-    batches, multiple = eval_plan(np.array([len(s) for s in seqs]), batch_size, device.type)
-    for idx in batches:
-        batch = {k: v.to(device) for k, v in collate([seqs[i] for i in idx], pad_id, max_len, multiple).items()}
+    for idx, batch in inference_batches(seqs, pad_id, max_len, batch_size, next(encoder.parameters()).device):
         hidden = encoder(**batch).last_hidden_state
         out[idx] = masked_mean(hidden, batch["attention_mask"]).float().cpu().numpy()
     return out
