@@ -96,8 +96,8 @@ class Members:
 
 def select(manifests: list[str], cfg: Ensemble) -> list[Path]:
     """The member manifests: those named in ensemble.yaml, or all given; one-line error when one is missing."""
-    from .io import InputError
-    by_name = {Path(p).parent.name: Path(p) for p in manifests}
+    from .io import InputError, member_name
+    by_name = {member_name(Path(p).parent): Path(p) for p in manifests}
     names = list(cfg.members) if cfg.members else sorted(by_name)
     if not names:
         raise InputError("no ensemble members: add models/<name>.yaml and run `make folds`")
@@ -131,6 +131,7 @@ def load_members(manifests: list[str], cfg: Ensemble, processed: Path, folds_csv
     import pandas as pd
 
     from .folds import read_fold_ids
+    from .io import member_name
     from .labels import classes_json, targets
     info = classes_json(processed)
     train = pd.read_parquet(processed / "train.parquet", columns=["id", "labels" if info["task"] == "multilabel"
@@ -140,7 +141,7 @@ def load_members(manifests: list[str], cfg: Ensemble, processed: Path, folds_csv
            "fold_of": read_fold_ids(folds_csv, train["id"])}
     names, oofs, tests = [], [], []
     for path in select(manifests, cfg):
-        man, name = json.loads(path.read_text()), path.parent.name
+        man, name = json.loads(path.read_text()), member_name(path.parent)
         oof, test = np.load(path.parent / "oof.npy", mmap_mode="r"), np.load(path.parent / "test.npy", mmap_mode="r")
         val_idx = []
         for k in range(len(man["fold_scores"])):
@@ -221,10 +222,11 @@ def run_method(method: str, cfg: Ensemble, metric: str, data: Members, out: Path
 
 def build_leaderboard(cfg: Ensemble, manifests: list[str], ens_dir: Path) -> dict:
     """Members' CV (their manifests) and methods' nested CV (their scores.json); picks the method to submit."""
+    from .io import member_name
     rows = []
     for path in select(manifests, cfg):
         man = json.loads(path.read_text())
-        rows.append({"kind": "member", "name": man["model"], "cv": man["cv"], "secs": man["train_secs"],
+        rows.append({"kind": "member", "name": member_name(path.parent), "cv": man["cv"], "secs": man["train_secs"],
                      "test_npy": str(path.parent / "test.npy")})
     for method in cfg.methods:
         s = json.loads((ens_dir / method / "scores.json").read_text())

@@ -18,7 +18,7 @@ import pandas as pd
 from . import __version__, config, metrics
 from .errors import one_line_errors
 from .labels import classes_json, targets
-from .io import InputError, save_json, save_npy
+from .io import InputError, member_name, save_json, save_npy
 
 
 def assemble(parts: list[dict], n_train: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,14 +66,14 @@ def main(argv=None) -> None:
     oof, test = assemble(parts, len(train))
     metric = summaries[0]["metric"]
     cv = metrics.score(metric, targets(train, len(info["classes"]), multilabel), oof, multilabel)
-    manifest = {"model": model_dir.name, "classes": info["classes"], "task": info["task"], "metric": metric,
+    manifest = {"model": member_name(model_dir), "classes": info["classes"], "task": info["task"], "metric": metric,
                 "cv": cv, "fold_scores": [s["score"] for s in summaries], "n_train": len(train),
                 "n_test": len(test), "config_hash": summaries[0]["config_hash"], "version": __version__,
                 "train_secs": sum(s["secs"] for s in summaries), "folds": summaries}
     save_npy(model_dir / "oof.npy", oof)
     save_npy(model_dir / "test.npy", test)
     save_json(model_dir / "manifest.json", manifest)  # last: the Make target
-    print(f"gather {model_dir.name}: CV {metric} {cv:.4f}  folds " +
+    print(f"gather {model_dir}: CV {metric} {cv:.4f}  folds " +
           " ".join(f"{s:.4f}" for s in manifest["fold_scores"]))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,15 @@ import pandas as pd
 
 # InputError is re-exported: the stages import it from here
 from .errors import InputError, OutputError, is_write_failure, kill_point  # noqa: F401
+
+ROUND_FOLDER = re.compile(r"r[0-9]+")  # a pseudo round's folder inside a member's: folds/<m>/r<r>/
+
+
+def member_name(folder) -> str:
+    """A member's folder -> its model's name: folds/<m> (round 0) and folds/<m>/r<r> (pseudo round r) are both m.
+    (makevars refuses model names that look like a round's folder.)"""
+    folder = Path(folder)
+    return folder.parent.name if ROUND_FOLDER.fullmatch(folder.name) else folder.name
 
 
 @contextmanager

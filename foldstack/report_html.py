@@ -13,7 +13,7 @@ import pandas as pd
 from . import metrics
 from . import report_plots as plots
 from .labels import classes_json, targets
-from .io import InputError, atomic_path
+from .io import InputError, atomic_path, member_name
 from .text import FIELD_SEP
 
 N_MISTAKES = 15
@@ -30,8 +30,9 @@ def load_members(manifests: list[str]) -> dict:
             log = folder / f"fold{k}.log"
             logs.append([json.loads(line) for line in log.read_text().splitlines() if line.strip()]
                         if log.exists() else [])
-        out[man["model"]] = {"man": man, "oof": np.load(folder / "oof.npy"), "test": np.load(folder / "test.npy"),
-                             "logs": logs, "cv": man["cv"], "fold_scores": man["fold_scores"]}
+        out[member_name(folder)] = {"man": man, "oof": np.load(folder / "oof.npy"),
+                                    "test": np.load(folder / "test.npy"), "logs": logs, "cv": man["cv"],
+                                    "fold_scores": man["fold_scores"]}
     return out
 
 

@@ -239,6 +239,9 @@ def test_make_pseudo_runs_a_round_and_stops_by_the_delta_rule(pseudo_ws):
     assert not any((ws / "folds").glob("*/r2"))
     df = pd.read_parquet(ws / "features" / "pseudo_r1.parquet")
     assert len(df) and set(df["fold"]) <= {0, 1, 2} and df.groupby("fold").size().max() <= 20
+    board = json.loads((ws / "ensemble" / "r1" / "leaderboard.json").read_text())
+    assert {r["name"]: r["test_npy"] for r in board["rows"] if r["kind"] == "member"} == {
+        m: f"folds/{m}/r1/test.npy" for m in FAST}, "every member of round 1 in its blend, under its own name"
     for model in FAST:  # round 1 keeps the OOF contract: original rows only, each exactly once
         check_oof_contract(ws, f"{model}/r1", 150, 40, 3)
         for k in range(3):
@@ -278,3 +281,4 @@ def test_an_interrupted_round_resumes_at_its_unfinished_fold(pseudo_ws):
     out = make_pseudo(ws)
     assert out.count("foldstack.train") == 1 and "--model=models/tfidf_lr.yaml --fold=1" in out
     assert "foldstack.train" not in make(ws, "submit", "ROUND=1", dry=True)
+
