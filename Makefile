@@ -30,30 +30,35 @@ DRY := $(findstring n,$(filter-out --%,$(firstword -$(MAKEFLAGS))))
 STAMPS := $(or $(if $(and $(DRY),$(wildcard $(PY))),$(shell $(PY) -m foldstack.stamp --shadow .stamps)),.stamps)
 
 # What the configs say that the rules need (foldstack.makevars): N_FOLDS, RAW (the competition's files), DEPS_<m>
-# (augmented sets, a pretrained backbone), METHODS. One generated include, remade when a config changes; a broken
-# config stops here with its one-line error. Goals that read no config skip it.
+# (augmented sets, a pretrained backbone), METHODS, RETRAIN (the models pseudo-label rounds retrain). One generated
+# include, remade when a config changes; a broken config stops here with its one-line error. Goals that read no
+# config skip it.
 VARS_MK := $(if $(DRY),$(STAMPS).vars.mk,build/vars.mk)
 NO_VARS := help setup test clean
+PSEUDO_CFG := $(or $(wildcard features/pseudo.yaml),$(ROOT)/features/pseudo.yaml)
+VARS_ARGS = --competition=$(COMP) --ensemble=$(ENSEMBLE_CFG) --pseudo=$(PSEUDO_CFG)
 ifneq ($(and $(wildcard $(PY)),$(filter-out $(NO_VARS),$(or $(MAKECMDGOALS),help))),)
-$(VARS_MK): $(COMP) $(wildcard models/*.yaml) $(ENSEMBLE_CFG) $(ROOT)/foldstack/makevars.py
-	$(PY) -m foldstack.makevars --competition=$(COMP) --ensemble=$(ENSEMBLE_CFG) --out=$@ $(wildcard models/*.yaml)
+$(VARS_MK): $(COMP) $(wildcard models/*.yaml) $(ENSEMBLE_CFG) $(PSEUDO_CFG) $(ROOT)/foldstack/makevars.py
+	$(PY) -m foldstack.makevars $(VARS_ARGS) --out=$@ $(wildcard models/*.yaml)
 include $(VARS_MK)
 endif
 N_FOLDS ?= 5
+RETRAIN ?= $(MODELS)
 FOLD_IDS := $(shell seq 0 $$(($(N_FOLDS) - 1)))
 # Pseudo-label rounds (docs/pseudo-labels.md): round 0 is the plain pipeline (folds/<m>/, ensemble/<method>/,
-# submissions/<method>.csv); round r >= 1 retrains every model from scratch with features/pseudo_r<r>.parquet and
-# writes folds/<m>/r<r>/, ensemble/r<r>/<method>/, submissions/r<r>/<method>.csv. ROUND=r picks the round that
-# folds, submit, score and report build; rules exist for rounds 0..ROUND, so round r builds whatever it lacks.
+# submissions/<method>.csv); round r >= 1 retrains every model in RETRAIN (pseudo.yaml `retrain`, default all) from
+# scratch with features/pseudo_r<r>.parquet and writes folds/<m>/r<r>/, ensemble/r<r>/<method>/,
+# submissions/r<r>/<method>.csv; a model not in RETRAIN takes part in every round with its round-0 folds/<m>/.
+# ROUND=r picks the round that folds, submit, score and report build; rules exist for rounds 0..ROUND, so round r
+# builds whatever it lacks.
 ROUND ?= 0
 ROUNDS := $(shell seq 0 $(ROUND) 2>/dev/null)
 $(if $(filter $(ROUND),$(ROUNDS)),,$(error ROUND=$(ROUND) is not a round number (0, 1, 2 ...)))
 round_dir = $(1)$(if $(filter 0,$(2)),,/r$(2))
-mdir = $(call round_dir,folds/$(1),$(2))
+mdir = $(call round_dir,folds/$(1),$(if $(filter $(1),$(RETRAIN)),$(2),0))
 edir = $(call round_dir,ensemble,$(1))
 manifests = $(foreach m,$(MODELS),$(call mdir,$(m),$(1))/manifest.json)
 pseudo_file = $(if $(filter 0,$(1)),,features/pseudo_r$(1).parquet)
-PSEUDO_CFG := $(or $(wildcard features/pseudo.yaml),$(ROOT)/features/pseudo.yaml)
 MANIFESTS := $(call manifests,$(ROUND))
 PROCESSED := data/processed/train.parquet
 # prep writes all three, train.parquet last (the target); the stages read all three
@@ -168,7 +173,7 @@ $(call mdir,$(1),$(2))/fold%.npz: $(call source,models/$(1).yaml $(COMP)) \
 $(call mdir,$(1),$(2))/manifest.json: $(call stamp,$(FOLD_IDS:%=$(call mdir,$(1),$(2))/fold%.npz))
 	$(PY) -m foldstack.gather --model-dir=$(call mdir,$(1),$(2)) --n-folds=$(N_FOLDS) --model=models/$(1).yaml
 endef
-$(foreach r,$(ROUNDS),$(foreach m,$(MODELS),$(eval $(call MODEL_RULES,$(m),$(r)))))
+$(foreach r,$(ROUNDS),$(foreach m,$(if $(filter 0,$(r)),$(MODELS),$(RETRAIN)),$(eval $(call MODEL_RULES,$(m),$(r)))))
 
 folds: $(MANIFESTS)  ## k-fold training of every models/*.yaml -> folds/<m>/{oof,test}.npy (ROUND=r: folds/<m>/r<r>/)
 	@$(PY) -m foldstack.report --summary $(MANIFESTS)

@@ -2,8 +2,9 @@
 
 Reads  the workspace's data/competition.yaml, data/processed/classes.json, ensemble[/r<r>]/<method>/ (scores.json,
        blender.pkl) and leaderboard.json, and for each of the method's members models/<m>.yaml and
-       folds/<m>[/r<r>]/ (manifest.json and every fold's model file), each transformer's tokenizer and config (an
-       embed_lr member's whole encoder), WordNet when a member reads lemmas
+       folds/<m>[/r<r>]/ (manifest.json and every fold's model file; the folder the round's leaderboard names),
+       each transformer's tokenizer and config (an embed_lr member's whole encoder), WordNet when a member reads
+       lemmas
 Writes DIR/ laid out like a workspace of one round and one method:
          data/competition.yaml  data/processed/classes.json  models/<m>.yaml  folds/<m>/{manifest.json,fold<k>.*}
          ensemble/<method>/{scores.json,blender.pkl}  backbones/<m>/  nltk_data/  wheels/foldstack-*.whl
@@ -59,6 +60,13 @@ class Layout:
         return self.root / "models" / f"{member}.yaml"
 
     def member_dir(self, member: str) -> Path:
+        """folds/<m>/, or in pseudo round r the folder the round's blend read: folds/<m>/r<r>/, or folds/<m>/ for a
+        model the rounds do not retrain (pseudo.yaml `retrain`), as the round's leaderboard records it."""
+        board = self.ensemble_dir / "leaderboard.json"
+        if self.round and not self.is_bundle and board.exists():
+            for row in json.loads(board.read_text())["rows"]:
+                if row["kind"] == "member" and row["name"] == member:
+                    return self.root / Path(row["test_npy"]).parent
         return self._round(self.root / "folds" / member)
 
     @property

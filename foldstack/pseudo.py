@@ -47,6 +47,8 @@ class Pseudo:
     labels: str = "hard"        # hard (class | label set) | soft (probabilities; transformers only)
     min_delta: float = 0.001    # another round only if the last one improved the ensemble's nested CV this much
     max_rounds: int = 3         # pseudo-label rounds after round 0
+    retrain: tuple[str, ...] | None = None  # models retrained in every round; null: all. The others keep their
+    #                                         round-0 folds in every round's blend and teachers (slow transformers)
 
     def check(self) -> list[tuple[str, str]]:
         bad = [(k, f"must be one of {', '.join(v)}") for k, v in
@@ -54,6 +56,8 @@ class Pseudo:
         bad += [(k, "must be in (0, 1]") for k in ("threshold", "max_fraction") if not 0 < getattr(self, k) <= 1]
         if self.max_rounds < 0:
             bad.append(("max_rounds", "must be at least 0"))
+        if self.retrain is not None and not self.retrain:
+            bad.append(("retrain", "must name at least one model (null: every model)"))
         return bad
 
 

@@ -152,16 +152,26 @@ def test_makevars_renders_what_the_makefile_reads(tmp_path):
     ens.write_text("methods: [mean, stack_lr]\nsubmit: mean\n")
     (tmp_path / "m.yaml").write_text("kind: transformer\naugment: [eda]\n")
     (tmp_path / "c.yaml").write_text("kind: tfidf_lr\n")
-    text = makevars.render(comp, [tmp_path / "m.yaml", tmp_path / "c.yaml"], ens)
-    lines = text.splitlines()[1:]
+    pseudo = tmp_path / "pseudo.yaml"
+    pseudo.write_text("retrain: null\n")
+    models = [tmp_path / "m.yaml", tmp_path / "c.yaml"]
+    lines = makevars.render(comp, models, ens, pseudo).splitlines()[1:]
     assert lines == ["N_FOLDS := 3", "RAW := raw/tr.csv data/raw/test.csv data/raw/sample_submission.csv",
-                     "DEPS_c :=", "DEPS_m := features/eda.parquet", "METHODS := mean stack_lr"]
+                     "DEPS_c :=", "DEPS_m := features/eda.parquet", "METHODS := mean stack_lr", "RETRAIN := c m"]
+    pseudo.write_text("retrain: [c]\n")  # m keeps its round-0 folds in every pseudo-label round
+    assert makevars.render(comp, models, ens, pseudo).splitlines()[-1] == "RETRAIN := c"
+    pseudo.write_text("retrain: [c, tfidf]\n")
+    with pytest.raises(config.ConfigError, match=r"pseudo.yaml: key 'retrain': 'tfidf' is not a model"):
+        makevars.render(comp, models, ens, pseudo)
+    (tmp_path / "r1.yaml").write_text("kind: tfidf_lr\n")  # folds/r1/ would read as a round's folder
+    with pytest.raises(config.ConfigError, match=r"r1.yaml: a model cannot be named like a pseudo-label round"):
+        makevars.render(comp, [tmp_path / "r1.yaml"], ens, pseudo)
     comp.write_text("train: my data/train.csv\n")  # Make would read two words
     with pytest.raises(config.ConfigError, match=r"key 'train': 'my data/train.csv' cannot be a Make word"):
-        makevars.render(comp, [], ens)
+        makevars.render(comp, [], ens, pseudo)
     comp.write_text("n_folds: [\n")
     with pytest.raises(config.ConfigError, match="not valid YAML"):
-        makevars.render(comp, [], ens)
+        makevars.render(comp, [], ens, pseudo)
 
 
 @pytest.mark.parametrize("stage,keys", [

@@ -282,3 +282,27 @@ def test_an_interrupted_round_resumes_at_its_unfinished_fold(pseudo_ws):
     assert out.count("foldstack.train") == 1 and "--model=models/tfidf_lr.yaml --fold=1" in out
     assert "foldstack.train" not in make(ws, "submit", "ROUND=1", dry=True)
 
+
+@pytest.mark.slow
+def test_a_model_left_out_of_retrain_keeps_its_round_zero_folds_in_every_round(tmp_path):
+    """pseudo.yaml `retrain: [tfidf_lr]`: round 1 retrains tfidf_lr only; tfidf_lgbm's round-0 folds teach, blend and
+    predict in round 1 as they are, and `make predict ROUND=1` finds them."""
+    ws = workspace(tmp_path, {}, {})
+    write_competition(ws, n_train=150, n_test=40)
+    for kind, params in FAST.items():
+        (ws / "models" / f"{kind}.yaml").write_text(yaml.safe_dump({"kind": kind, "params": params}))
+    (ws / "features" / "pseudo.yaml").write_text(yaml.safe_dump(
+        {"threshold": 0.5, "max_rounds": 1, "retrain": ["tfidf_lr"]}))
+    out = make_pseudo(ws)
+    trains = [line for line in out.splitlines() if "foldstack.train " in line]
+    assert sum("models/tfidf_lr.yaml" in t for t in trains) == 6, "3 folds in round 0, 3 in round 1"
+    assert sum("models/tfidf_lgbm.yaml" in t for t in trains) == 3, "round 0 only"
+    assert (ws / "folds" / "tfidf_lr" / "r1" / "manifest.json").exists()
+    assert not (ws / "folds" / "tfidf_lgbm" / "r1").exists()
+    board = json.loads((ws / "ensemble" / "r1" / "leaderboard.json").read_text())
+    assert {r["name"]: r["test_npy"] for r in board["rows"] if r["kind"] == "member"} == {
+        "tfidf_lgbm": "folds/tfidf_lgbm/test.npy", "tfidf_lr": "folds/tfidf_lr/r1/test.npy"}
+    assert "foldstack.train" not in make(ws, "submit", "ROUND=1", dry=True)
+    make(ws, "predict", "TEST=data/raw/test.csv", "OUT=pred_r1.csv", "ROUND=1")
+    submitted = pd.read_csv(ws / "submissions" / "r1" / f"{board['chosen']}.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(ws / "pred_r1.csv"), submitted)
