@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from . import __version__, config, fold_models
@@ -59,15 +60,19 @@ class Layout:
     def model_yaml(self, member: str) -> Path:
         return self.root / "models" / f"{member}.yaml"
 
+    @cached_property
+    def _round_members(self) -> dict[str, Path]:
+        """Pseudo round r's member folders as its leaderboard records them (read once)."""
+        board = self.ensemble_dir / "leaderboard.json"
+        if not self.round or self.is_bundle or not board.exists():
+            return {}
+        rows = json.loads(board.read_text())["rows"]
+        return {r["name"]: self.root / Path(r["test_npy"]).parent for r in rows if r["kind"] == "member"}
+
     def member_dir(self, member: str) -> Path:
         """folds/<m>/, or in pseudo round r the folder the round's blend read: folds/<m>/r<r>/, or folds/<m>/ for a
-        model the rounds do not retrain (pseudo.yaml `retrain`), as the round's leaderboard records it."""
-        board = self.ensemble_dir / "leaderboard.json"
-        if self.round and not self.is_bundle and board.exists():
-            for row in json.loads(board.read_text())["rows"]:
-                if row["kind"] == "member" and row["name"] == member:
-                    return self.root / Path(row["test_npy"]).parent
-        return self._round(self.root / "folds" / member)
+        model the rounds do not retrain (pseudo.yaml `retrain`)."""
+        return self._round_members.get(member) or self._round(self.root / "folds" / member)
 
     @property
     def ensemble_dir(self) -> Path:

@@ -94,8 +94,9 @@ class Members:
     multilabel: bool
 
 
-def select(manifests: list[str], cfg: Ensemble) -> list[Path]:
-    """The member manifests: those named in ensemble.yaml, or all given; one-line error when one is missing."""
+def select(manifests: list[str], cfg: Ensemble) -> list[tuple[str, Path]]:
+    """(name, manifest) of the members: those named in ensemble.yaml, or all given; one-line error when one is
+    missing."""
     from .io import InputError, member_name
     by_name = {member_name(Path(p).parent): Path(p) for p in manifests}
     names = list(cfg.members) if cfg.members else sorted(by_name)
@@ -104,7 +105,7 @@ def select(manifests: list[str], cfg: Ensemble) -> list[Path]:
     for name in names:
         if name not in by_name or not by_name[name].exists():
             raise InputError(f"member {name}: folds/{name}/manifest.json not found (models/{name}.yaml trained?)")
-    return [by_name[n] for n in names]
+    return [(n, by_name[n]) for n in names]
 
 
 def check_member(name: str, man: dict, oof_shape, test_shape, val_idx: list, ref: dict) -> None:
@@ -131,7 +132,6 @@ def load_members(manifests: list[str], cfg: Ensemble, processed: Path, folds_csv
     import pandas as pd
 
     from .folds import read_fold_ids
-    from .io import member_name
     from .labels import classes_json, targets
     info = classes_json(processed)
     train = pd.read_parquet(processed / "train.parquet", columns=["id", "labels" if info["task"] == "multilabel"
@@ -140,8 +140,8 @@ def load_members(manifests: list[str], cfg: Ensemble, processed: Path, folds_csv
     ref = {"classes": info["classes"], "n_train": len(train), "n_test": n_test,
            "fold_of": read_fold_ids(folds_csv, train["id"])}
     names, oofs, tests = [], [], []
-    for path in select(manifests, cfg):
-        man, name = json.loads(path.read_text()), member_name(path.parent)
+    for name, path in select(manifests, cfg):
+        man = json.loads(path.read_text())
         oof, test = np.load(path.parent / "oof.npy", mmap_mode="r"), np.load(path.parent / "test.npy", mmap_mode="r")
         val_idx = []
         for k in range(len(man["fold_scores"])):
@@ -222,11 +222,10 @@ def run_method(method: str, cfg: Ensemble, metric: str, data: Members, out: Path
 
 def build_leaderboard(cfg: Ensemble, manifests: list[str], ens_dir: Path) -> dict:
     """Members' CV (their manifests) and methods' nested CV (their scores.json); picks the method to submit."""
-    from .io import member_name
     rows = []
-    for path in select(manifests, cfg):
+    for name, path in select(manifests, cfg):
         man = json.loads(path.read_text())
-        rows.append({"kind": "member", "name": member_name(path.parent), "cv": man["cv"], "secs": man["train_secs"],
+        rows.append({"kind": "member", "name": name, "cv": man["cv"], "secs": man["train_secs"],
                      "test_npy": str(path.parent / "test.npy")})
     for method in cfg.methods:
         s = json.loads((ens_dir / method / "scores.json").read_text())

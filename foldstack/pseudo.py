@@ -159,7 +159,7 @@ def read_boards(ensemble_root, last: int) -> list[dict]:
 def member_fold_tests(manifests: list[str], ens_cfg, n_folds: int) -> np.ndarray:
     """Every member's fold-k test predictions -> [K, M, n_test, C] (members as ensemble.yaml picks them)."""
     from .ensemble import select
-    dirs = [path.parent for path in select(manifests, ens_cfg)]
+    dirs = [path.parent for _, path in select(manifests, ens_cfg)]
     return np.stack([np.stack([np.load(d / f"fold{k}.npz")["test"] for d in dirs]) for k in range(n_folds)])
 
 
