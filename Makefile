@@ -15,6 +15,17 @@ TORCH_SPEC ?= torch==2.13.0
 COMP ?= data/competition.yaml
 SOLUTION ?= data/solution.csv
 SUB ?=
+# CPU_ISA=avx2 runs an AVX-512 / AMX machine as an AVX2-only one, the slow kind: torch's kernels, MKL's GEMMs and
+# oneDNN are capped at AVX2, so `amp: auto` is fp32 (trainer.cpu_has_bf16). For measuring, e.g. `make demo
+# CPU_ISA=avx2` or `make bench CPU_ISA=avx2`; empty (the default) leaves the CPU as it is.
+CPU_ISA ?=
+ifeq ($(CPU_ISA),avx2)
+export ATEN_CPU_CAPABILITY := avx2
+export MKL_ENABLE_INSTRUCTIONS := AVX2
+export ONEDNN_MAX_CPU_ISA := AVX2
+else ifneq ($(CPU_ISA),)
+$(error CPU_ISA=$(CPU_ISA): only avx2 is known (empty: the CPU as it is))
+endif
 
 .DELETE_ON_ERROR:
 .SUFFIXES:

@@ -264,7 +264,8 @@ def report(s: dict) -> str:
     loads = [x for k in LABELS for x in s["settings"][k]["load_avg"]]
     head = (f"foldstack bench: MiniLM-L6 + BiLSTM head, {a['train']}, max_len {s['max_len']} ({s['at_cap']:.0%} of "
             f"rows at the cap; the recipe loop pads the same ids to {RECIPE_LEN})\n"
-            f"{m.get('cpu', '?')} ({', '.join(m.get('bf16_flags', [])) or 'no bf16 flags'}), {m['cpu_count']} cores, "
+            f"{m.get('cpu', '?')} ({', '.join(m.get('bf16_flags', [])) or 'no bf16 flags'}; torch kernels "
+            f"{m.get('torch_cpu_capability', '?')}), {m['cpu_count']} cores, "
             f"{s['threads']} torch threads, torch {m['torch']}, transformers {m['transformers']}; "
             f"median of {a['reps']} interleaved repetitions; load average {min(loads):.1f}-{max(loads):.1f}")
     t = s["runs"]["trainer"][0]["trainer_defaults"]

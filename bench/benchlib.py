@@ -72,7 +72,7 @@ def peak_rss_gb() -> float:
 
 
 def machine() -> dict:
-    """What the numbers were measured on: CPU model and bf16 flags, cores, load, library versions."""
+    """What the numbers were measured on: CPU model, bf16 flags and torch's kernel level, cores, load, versions."""
     info = {"cpu_count": os.cpu_count(), "load_avg": os.getloadavg()}
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
@@ -85,6 +85,8 @@ def machine() -> dict:
         pass
     import importlib.metadata as md
     info.update({p: md.version(p) for p in ("torch", "transformers")})
+    import torch  # the kernels torch dispatches: AVX2 on the slow kind, or where `make CPU_ISA=avx2` caps them
+    info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     return info
 
 

@@ -77,15 +77,18 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str] | None:
     return set(next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "").split())
 
 
-def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+def cpu_has_bf16(cpuinfo: str | None = None, capability: str | None = None) -> bool:
     """AVX512-BF16 or AMX: bf16 matmuls run natively (measured ~1.4x faster training there).
 
     oneDNN's own check (torch.ops.mkldnn._is_mkldnn_bf16_supported) also says yes on AVX-512 CPUs without BF16,
     where bf16 is emulated: a 1024² GEMM ran at 55 GFLOP/s against fp32's 228 on such a Xeon, so autocast would
-    halve training speed. On x86 Linux the CPU's flags decide; elsewhere oneDNN's check (guarded: private API)."""
+    halve training speed. On x86 Linux the CPU's flags decide, provided torch dispatches AVX-512 kernels at all
+    (`capability`, default torch.backends.cpu.get_cpu_capability(): `ATEN_CPU_CAPABILITY=avx2`, as `make
+    CPU_ISA=avx2` sets, runs a bf16 CPU as an AVX2-only one); elsewhere oneDNN's check (guarded: private API)."""
     flags = cpu_flags(cpuinfo)
     if flags is not None:
-        return any(f in flags for f in NATIVE_BF16_FLAGS)
+        capability = capability or torch.backends.cpu.get_cpu_capability()
+        return capability.startswith("AVX512") and any(f in flags for f in NATIVE_BF16_FLAGS)
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

@@ -1,5 +1,7 @@
 """freeze_layers and the frozen-layer cache: what is frozen never trains, the cache is keyed by everything it depends
 on, and training from the cache is training the same frozen model end to end."""
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -11,7 +13,7 @@ from foldstack.batching import collate, encode
 from foldstack.encoder import build_model, load_tokenizer
 from foldstack.hidden_cache import open_or_build, unique_texts
 from foldstack.optim import param_groups
-from tests.conftest import corpus
+from tests.conftest import ROOT, corpus
 from tests.test_model_and_training import cfg_for
 
 
@@ -139,6 +141,21 @@ def test_seeds_are_averaged_inside_the_fold(tiny_bert, tmp_path, monkeypatch):
 
 
 def test_bf16_autocast_only_where_the_cpu_has_native_bf16():
-    assert trainer.cpu_has_bf16("processor: 0\nflags : fpu sse avx2 avx512f avx512_bf16\n")
-    assert trainer.cpu_has_bf16("flags : fpu amx_bf16 amx_tile\n")
-    assert not trainer.cpu_has_bf16("flags : fpu sse avx2 avx512f avx512_vnni\n"), "emulated bf16 is slower"
+    assert trainer.cpu_has_bf16("processor: 0\nflags : fpu sse avx2 avx512f avx512_bf16\n", "AVX512")
+    assert trainer.cpu_has_bf16("flags : fpu amx_bf16 amx_tile\n", "AVX512")
+    assert not trainer.cpu_has_bf16("flags : fpu sse avx2 avx512f avx512_vnni\n", "AVX512"), "emulated bf16 is slower"
+    assert not trainer.cpu_has_bf16("flags : fpu avx2 avx512f amx_bf16\n", "AVX2"), "torch capped at AVX2"
+
+
+def test_make_cpu_isa_avx2_runs_every_recipe_as_an_avx2_only_cpu(tmp_path):
+    """`make CPU_ISA=avx2` caps torch, MKL and oneDNN at AVX2 in every recipe, and `amp: auto` then trains in fp32
+    even on a bf16 CPU (the slow kind, reproducible on a fast machine); an unknown CPU_ISA stops Make."""
+    probe = ("probe: ; @echo $$ATEN_CPU_CAPABILITY $$MKL_ENABLE_INSTRUCTIONS $$ONEDNN_MAX_CPU_ISA; "
+             f"{sys.executable} -c \"import torch; from foldstack import trainer; "
+             "print(torch.backends.cpu.get_cpu_capability(), trainer.amp_dtype('auto', torch.device('cpu')))\"")
+    cmd = ["make", "-s", "-f", str(ROOT / "Makefile"), "VENV=/nonexistent", "--eval", probe, "probe"]
+    done = subprocess.run([*cmd, "CPU_ISA=avx2"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["avx2", "AVX2", "AVX2", "AVX2", "None"]
+    bad = subprocess.run([*cmd, "CPU_ISA=sse"], cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode != 0 and "CPU_ISA=sse: only avx2 is known" in bad.stderr
