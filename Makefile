@@ -45,7 +45,7 @@ STAMPS := $(or $(if $(and $(DRY),$(wildcard $(PY))),$(shell $(PY) -m foldstack.s
 # include, remade when a config changes; a broken config stops here with its one-line error. Goals that read no
 # config skip it.
 VARS_MK := $(if $(DRY),$(STAMPS).vars.mk,build/vars.mk)
-NO_VARS := help setup test clean
+NO_VARS := help setup test clean $(SETUP)
 PSEUDO_CFG := $(or $(wildcard features/pseudo.yaml),$(ROOT)/features/pseudo.yaml)
 VARS_ARGS = --competition=$(COMP) --ensemble=$(ENSEMBLE_CFG) --pseudo=$(PSEUDO_CFG)
 ifneq ($(and $(wildcard $(PY)),$(filter-out $(NO_VARS),$(or $(MAKECMDGOALS),help))),)
@@ -90,6 +90,12 @@ help:  ## list the entry points
 	@echo "models: $(MODELS)   folds: $(N_FOLDS)"
 
 setup: $(SETUP)  ## .venv with torch, the package, WordNet, MiniLM (idempotent)
+# Makes that share one .venv (`make test` beside a workspace's run, two workspaces) would run pip in it at once after
+# an edit of this file and break the install; each sets up under a lock instead, and a waiter finds it done.
+ifndef SETUP_LOCKED
+$(SETUP): $(ROOT)/pyproject.toml $(ROOT)/Makefile
+	mkdir -p $(VENV) && flock $(VENV)/.setup.lock $(MAKE) --no-print-directory -f $(ROOT)/Makefile SETUP_LOCKED=1 $@
+else
 $(SETUP): $(ROOT)/pyproject.toml $(ROOT)/Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	@# A GPU user may install their CUDA build of torch into .venv first; it is kept.
@@ -105,6 +111,7 @@ $(SETUP): $(ROOT)/pyproject.toml $(ROOT)/Makefile
 	@ldconfig -p | grep -q libtcmalloc_minimal.so.4 || $(call apt_install,libtcmalloc-minimal4) || \
 	  echo "note: tcmalloc not installed (apt-get install libtcmalloc-minimal4); training uses glibc's malloc"
 	touch $@
+endif
 
 APT := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 apt_install = { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
