@@ -41,3 +41,12 @@ def test_two_makes_sharing_a_venv_set_it_up_once(tmp_path):
     assert all(a.startswith("start") and b == f"end {a.split()[1]}" for a, b in zip(events[::2], events[1::2])), \
         "no call overlaps another"
     assert (venv / ".foldstack-setup").exists()
+
+
+def test_a_dry_run_of_setup_takes_no_lock_and_writes_nothing(tmp_path):
+    venv = tmp_path / "venv"
+    cmd = ["make", "-n", "--no-print-directory", "-f", str(ROOT / "Makefile"), "setup", f"VENV={venv}"]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "pip install" in done.stdout and "flock" not in done.stdout
+    assert list(tmp_path.iterdir()) == [], "a dry run writes nothing"
