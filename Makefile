@@ -92,11 +92,11 @@ help:  ## list the entry points
 setup: $(SETUP)  ## .venv with torch, the package, WordNet, MiniLM (idempotent)
 # Makes that share one .venv (`make test` beside a workspace's run, two workspaces) would run pip in it at once after
 # an edit of this file and break the install; each sets up under a lock instead, and a waiter finds it done. (A dry
-# run takes no lock: it only prints the inner make's plan.)
+# run takes no lock: it only prints the inner make's plan. VENV and TORCH_SPEC are passed on: a workspace may set them.)
 ifndef SETUP_LOCKED
 $(SETUP): $(ROOT)/pyproject.toml $(ROOT)/Makefile
 	$(if $(DRY),,mkdir -p $(VENV) && flock $(VENV)/.setup.lock )$(MAKE) --no-print-directory \
-	  -f $(ROOT)/Makefile SETUP_LOCKED=1 $@
+	  -f $(ROOT)/Makefile SETUP_LOCKED=1 VENV=$(VENV) TORCH_SPEC="$(TORCH_SPEC)" $@
 else
 $(SETUP): $(ROOT)/pyproject.toml $(ROOT)/Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
