@@ -93,12 +93,13 @@ setup: $(SETUP)  ## .venv with torch, the package, WordNet, MiniLM (idempotent)
 # Makes that share one .venv (`make test` beside a workspace's run, two workspaces) would run pip in it at once after
 # an edit of this file and break the install; each sets up under a lock instead, and a waiter finds it done. (A dry
 # run takes no lock: it only prints the inner make's plan. VENV and TORCH_SPEC are passed on: a workspace may set them.)
+SETUP_DEPS := $(ROOT)/pyproject.toml $(ROOT)/Makefile
 ifndef SETUP_LOCKED
-$(SETUP): $(ROOT)/pyproject.toml $(ROOT)/Makefile
+$(SETUP): $(SETUP_DEPS)
 	$(if $(DRY),,mkdir -p $(VENV) && flock $(VENV)/.setup.lock )$(MAKE) --no-print-directory \
 	  -f $(ROOT)/Makefile SETUP_LOCKED=1 VENV=$(VENV) TORCH_SPEC="$(TORCH_SPEC)" $@
 else
-$(SETUP): $(ROOT)/pyproject.toml $(ROOT)/Makefile
+$(SETUP): $(SETUP_DEPS)
 	test -x $(PY) || python3 -m venv $(VENV)
 	@# A GPU user may install their CUDA build of torch into .venv first; it is kept.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
