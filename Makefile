@@ -49,7 +49,27 @@ NO_VARS := help setup test clean $(SETUP)
 PSEUDO_CFG := $(or $(wildcard features/pseudo.yaml),$(ROOT)/features/pseudo.yaml)
 VARS_ARGS = --competition=$(COMP) --ensemble=$(ENSEMBLE_CFG) --pseudo=$(PSEUDO_CFG)
 ifneq ($(and $(wildcard $(PY)),$(filter-out $(NO_VARS),$(or $(MAKECMDGOALS),help))),)
-$(VARS_MK): $(COMP) $(wildcard models/*.yaml) $(ENSEMBLE_CFG) $(PSEUDO_CFG) $(ROOT)/foldstack/makevars.py
+# The member list (build/members.txt: the models/*.yaml that exist), a content-stamped source of every blend and of
+# vars.mk. Make cannot see a prerequisite that disappeared, so without it a removed model would stay in the blends and
+# the submission. Written here, while Make reads this file, and only when it changes; a first list gets time 0 (no
+# change known: a workspace built before the list existed re-blends nothing). A dry run writes a changed list beside
+# its shadow stamps instead (a path without a stamp: the plan re-blends).
+MEMBERS := $(sort $(MODELS))
+MEMBERS_TXT := build/members.txt
+MEMBERS_OLD := $(wildcard $(MEMBERS_TXT))
+write_members = $(shell mkdir -p $(dir $(1)))$(file >$(1),$(MEMBERS))$(if $(MEMBERS_OLD),,$(shell touch -d @0 $(1)))
+ifneq ($(if $(MEMBERS_OLD),+$(file <$(MEMBERS_TXT))),+$(MEMBERS))
+ifdef DRY
+# (the first reading of this dry run writes it; Make's re-reading after remaking vars.mk keeps it, or it would loop)
+MEMBERS_TXT := $(STAMPS).members.txt
+ifneq ($(if $(MAKE_RESTARTS),+$(file <$(MEMBERS_TXT))),+$(MEMBERS))
+$(call write_members,$(MEMBERS_TXT))
+endif
+else
+$(call write_members,$(MEMBERS_TXT))
+endif
+endif
+$(VARS_MK): $(COMP) $(wildcard models/*.yaml) $(MEMBERS_TXT) $(ENSEMBLE_CFG) $(PSEUDO_CFG) $(ROOT)/foldstack/makevars.py
 	$(PY) -m foldstack.makevars $(VARS_ARGS) --out=$@ $(wildcard models/*.yaml)
 include $(VARS_MK)
 endif
@@ -211,7 +231,8 @@ ENSEMBLE_ARGS = $(call ensemble_args,$(ROUND))
 # (`make submissions/caruana.csv`, `make submissions/r1/caruana.csv ROUND=1`).
 define ENSEMBLE_RULES
 $(patsubst %,$(call edir,$(1))/%/scores.json,$(METHODS)): $(call edir,$(1))/%/scores.json: \
-  $(call stamp,$(call manifests,$(1)) folds/folds.csv $(PROCESSED_ALL)) $(call source,$(ENSEMBLE_CFG) $(COMP))
+  $(call stamp,$(call manifests,$(1)) folds/folds.csv $(PROCESSED_ALL)) \
+  $(call source,$(ENSEMBLE_CFG) $(COMP) $(MEMBERS_TXT))
 	$(ENSEMBLE) fit --method=$$* $(call ensemble_args,$(1))
 $(call edir,$(1))/leaderboard.json: $(call stamp,$(patsubst %,$(call edir,$(1))/%/scores.json,$(METHODS))) \
   $(call source,$(ENSEMBLE_CFG))

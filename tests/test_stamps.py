@@ -111,3 +111,20 @@ def test_dry_pseudo_writes_nothing(built):
     plan = make(built, "-n", "pseudo")
     assert "then pseudo-label rounds" in plan and "next round" not in plan, "next-round did not run"
     assert snapshot(built) == before
+
+
+@pytest.mark.slow
+def test_a_removed_model_leaves_every_blend(built):
+    """Make cannot see a prerequisite that disappeared: the member list (build/members.txt) makes it visible."""
+    (built / "models" / "nbsvm.yaml").unlink()
+    before = snapshot(built)
+    plan = work(make(built, "-n", "submit"))
+    assert snapshot(built) == before, "make -n writes nothing, not even the member list"
+    assert sorted(line.split("--method=")[1].split()[0] for line in plan if "ensemble fit" in line) == \
+        ["mean", "weighted"] and not any("foldstack.train" in line for line in plan)
+    make(built, "submit")
+    board = (built / "ensemble" / "leaderboard.json").read_text()
+    assert "nbsvm" not in board and "tfidf_lr" in board
+    shutil.rmtree(built / "folds" / "nbsvm")
+    assert "nbsvm" not in make(built, "score")
+    assert work(make(built, "-n", "submit")) == [], "a member list that did not change re-blends nothing"
