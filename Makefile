@@ -40,6 +40,20 @@ ENSEMBLE_CFG := $(or $(wildcard ensemble/ensemble.yaml),$(ROOT)/ensemble/ensembl
 DRY := $(findstring n,$(filter-out --%,$(firstword -$(MAKEFLAGS))))
 STAMPS := $(or $(if $(and $(DRY),$(wildcard $(PY))),$(shell $(PY) -m foldstack.stamp --shadow .stamps)),.stamps)
 
+# Content stamps (foldstack.stamp): rules depend on .stamps/<file>.sha instead of <file>, and a stamp changes only
+# when its file's bytes do. A file touched, copied, checked out or restored unchanged re-runs nothing; a changed
+# file re-runs exactly what depends on it. $(call S,files) names the stamps; every file named so gets a rule below.
+# Sources (configs, raw files) are re-checked once per run before anything else; artefacts again after rebuilding.
+S = $(foreach f,$(1),$(STAMPS)/$(subst /,~,$(f)).sha)
+STAMPED :=
+SOURCES :=
+stamp = $(eval STAMPED += $(1))$(call S,$(1))
+source = $(eval SOURCES += $(1))$(call S,$(1))
+# The member list: the models that exist, as a file whose stamp the refresh keeps (make/stamps.mk). Make cannot see a
+# prerequisite that disappeared; with it, removing models/x.yaml re-fits every blend (and vars.mk) without x.
+MEMBERS_TXT := build/members.txt
+MEMBERS_STAMP := $(call S,$(MEMBERS_TXT))
+
 # What the configs say that the rules need (foldstack.makevars): N_FOLDS, RAW (the competition's files), DEPS_<m>
 # (augmented sets, a pretrained backbone), METHODS, RETRAIN (the models pseudo-label rounds retrain). One generated
 # include, remade when a config changes; a broken config stops here with its one-line error. Goals that read no
@@ -49,27 +63,9 @@ NO_VARS := help setup test clean $(SETUP)
 PSEUDO_CFG := $(or $(wildcard features/pseudo.yaml),$(ROOT)/features/pseudo.yaml)
 VARS_ARGS = --competition=$(COMP) --ensemble=$(ENSEMBLE_CFG) --pseudo=$(PSEUDO_CFG)
 ifneq ($(and $(wildcard $(PY)),$(filter-out $(NO_VARS),$(or $(MAKECMDGOALS),help))),)
-# The member list (build/members.txt: the models/*.yaml that exist), a content-stamped source of every blend and of
-# vars.mk. Make cannot see a prerequisite that disappeared, so without it a removed model would stay in the blends and
-# the submission. Written here, while Make reads this file, and only when it changes; a first list gets time 0 (no
-# change known: a workspace built before the list existed re-blends nothing). A dry run writes a changed list beside
-# its shadow stamps instead (a path without a stamp: the plan re-blends).
-MEMBERS := $(sort $(MODELS))
-MEMBERS_TXT := build/members.txt
-MEMBERS_OLD := $(wildcard $(MEMBERS_TXT))
-write_members = $(shell mkdir -p $(dir $(1)))$(file >$(1),$(MEMBERS))$(if $(MEMBERS_OLD),,$(shell touch -d @0 $(1)))
-ifneq ($(if $(MEMBERS_OLD),+$(file <$(MEMBERS_TXT))),+$(MEMBERS))
-ifdef DRY
-# (the first reading of this dry run writes it; Make's re-reading after remaking vars.mk keeps it, or it would loop)
-MEMBERS_TXT := $(STAMPS).members.txt
-ifneq ($(if $(MAKE_RESTARTS),+$(file <$(MEMBERS_TXT))),+$(MEMBERS))
-$(call write_members,$(MEMBERS_TXT))
-endif
-else
-$(call write_members,$(MEMBERS_TXT))
-endif
-endif
-$(VARS_MK): $(COMP) $(wildcard models/*.yaml) $(MEMBERS_TXT) $(ENSEMBLE_CFG) $(PSEUDO_CFG) $(ROOT)/foldstack/makevars.py
+# (A dry run's member stamp is re-made on each reading of this file: as vars.mk's prerequisite it would loop.)
+$(VARS_MK): $(COMP) $(wildcard models/*.yaml) $(if $(DRY),,$(MEMBERS_STAMP)) $(ENSEMBLE_CFG) $(PSEUDO_CFG) \
+  $(ROOT)/foldstack/makevars.py
 	$(PY) -m foldstack.makevars $(VARS_ARGS) --out=$@ $(wildcard models/*.yaml)
 include $(VARS_MK)
 endif
@@ -94,16 +90,6 @@ MANIFESTS := $(call manifests,$(ROUND))
 PROCESSED := data/processed/train.parquet
 # prep writes all three, train.parquet last (the target); the stages read all three
 PROCESSED_ALL := $(PROCESSED) data/processed/test.parquet data/processed/classes.json
-
-# Content stamps (foldstack.stamp): rules depend on .stamps/<file>.sha instead of <file>, and a stamp changes only
-# when its file's bytes do. A file touched, copied, checked out or restored unchanged re-runs nothing; a changed
-# file re-runs exactly what depends on it. $(call S,files) names the stamps; every file named so gets a rule below.
-# Sources (configs, raw files) are re-checked once per run before anything else; artefacts again after rebuilding.
-S = $(foreach f,$(1),$(STAMPS)/$(subst /,~,$(f)).sha)
-STAMPED :=
-SOURCES :=
-stamp = $(eval STAMPED += $(1))$(call S,$(1))
-source = $(eval SOURCES += $(1))$(call S,$(1))
 
 help:  ## list the entry points
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -231,8 +217,8 @@ ENSEMBLE_ARGS = $(call ensemble_args,$(ROUND))
 # (`make submissions/caruana.csv`, `make submissions/r1/caruana.csv ROUND=1`).
 define ENSEMBLE_RULES
 $(patsubst %,$(call edir,$(1))/%/scores.json,$(METHODS)): $(call edir,$(1))/%/scores.json: \
-  $(call stamp,$(call manifests,$(1)) folds/folds.csv $(PROCESSED_ALL)) \
-  $(call source,$(ENSEMBLE_CFG) $(COMP) $(MEMBERS_TXT))
+  $(call stamp,$(call manifests,$(1)) folds/folds.csv $(PROCESSED_ALL)) $(MEMBERS_STAMP) \
+  $(call source,$(ENSEMBLE_CFG) $(COMP))
 	$(ENSEMBLE) fit --method=$$* $(call ensemble_args,$(1))
 $(call edir,$(1))/leaderboard.json: $(call stamp,$(patsubst %,$(call edir,$(1))/%/scores.json,$(METHODS))) \
   $(call source,$(ENSEMBLE_CFG))

@@ -8,6 +8,8 @@ Run    python -m foldstack.stamp FILE STAMP      (a stamp rule's recipe: FILE wa
        before Make compares any times: every stamp in DIR and every named file's; prints the artefacts left newer
        than their unchanged stamps)
        python -m foldstack.stamp --shadow DIR   (under `make -n`: copies DIR to a temporary folder, prints its path)
+       ... --refresh DIR [...] --list FILE WORD...   (also writes FILE from the words when they change, and stamps it:
+       build/members.txt, the models that exist, because Make cannot see a prerequisite that disappeared)
 
 Rules depend on .stamps/<file>.sha instead of <file>. Make compares a target's time with its stamps' times, and a
 stamp's time only moves when its file's bytes change, so:
@@ -105,12 +107,44 @@ def shadow(folder: Path) -> Path:
     return dest
 
 
-def refresh(folder: Path, artefacts: list[str], sources: list[str] = (), dry: bool = False) -> list[str]:
-    """update() every named file's stamp and every other stamp in `folder` (as sources); returns the artefacts
-    left newer than their unchanged stamps (a rule rebuilt them with identical bytes)."""
+def update_list(folder: Path, path: str, words: list[str], dry: bool = False) -> str:
+    """A file no rule builds, written from words the Makefile knows (build/members.txt: the models that exist), so
+    that a word that disappears changes a stamp. Written when its text changes, then stamped like a source; a new
+    file gets time 0 (no change known: a workspace built before the list existed rebuilds nothing). A dry run writes
+    only the (shadow) stamp, as the real run would leave it."""
+    file, stamp, text = Path(path), stamp_path(folder, path), " ".join(sorted(words)) + "\n"
+    current = file.read_text() if file.exists() else None
+    if not dry:
+        if current != text:
+            tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+            file.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text)
+            if current is None:
+                os.utime(tmp, ns=(0, 0))
+            os.replace(tmp, file)
+        return update(file, stamp)
+    old, sha = read_stamp(stamp), hashlib.sha256(text.encode()).hexdigest()
+    if old and old.get("sha256") == sha:
+        os.utime(stamp, ns=(old["since_ns"], old["since_ns"]))
+        return "same"
+    since = time.time_ns() if old or current not in (None, text) else file.stat().st_mtime_ns if current else 0
+    write_stamp(stamp, {"path": path, "sha256": sha, "size": len(text.encode()), "mtime_ns": -1, "since_ns": since})
+    return "changed"
+
+
+def refresh(folder: Path, artefacts: list[str], sources: list[str] = (), dry: bool = False,
+            lists: dict[str, list[str]] | None = None) -> list[str]:
+    """update() every named file's stamp and every other stamp in `folder` (as sources), update_list() each list;
+    returns the artefacts left newer than their unchanged stamps (a rule rebuilt them with identical bytes)."""
+    lists = lists or {}
+    for path, words in lists.items():
+        update_list(folder, path, words, dry)
     stamps = {stamp_path(folder, p): (p, False) for p in sources}
     stamps.update({stamp_path(folder, p): (p, True) for p in artefacts})
+    skip = {stamp_path(folder, p) for p in lists}
     for stamp in Path(folder).glob("*.sha") if Path(folder).is_dir() else ():
+        if stamp in skip:
+            continue
         record = read_stamp(stamp)
         if record and "path" in record and "since_ns" in record:
             stamps.setdefault(stamp, (record["path"], False))
@@ -124,17 +158,24 @@ def refresh(folder: Path, artefacts: list[str], sources: list[str] = (), dry: bo
 
 def main(argv=None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    dry = "--dry" in args
+    args = [a for a in args if a != "--dry"]
+    lists = {}
+    if "--list" in args:  # --list FILE WORD... comes last
+        cut = args.index("--list")
+        if cut + 1 >= len(args):
+            sys.exit("usage: --list FILE [WORD...]")
+        lists, args = {args[cut + 1]: args[cut + 2:]}, args[:cut]
     if len(args) == 2 and args[0] == "--shadow":
         print(shadow(Path(args[1])))
     elif len(args) >= 2 and args[0] == "--refresh":
-        dry = "--dry" in args
-        names = [a for a in args[2:] if a != "--dry"]
+        names = args[2:]
         cut = names.index("--sources") if "--sources" in names else len(names)
-        print(" ".join(refresh(Path(args[1]), names[:cut], names[cut + 1:], dry)))
+        print(" ".join(refresh(Path(args[1]), names[:cut], names[cut + 1:], dry, lists)))
     elif len(args) == 2:
         update(Path(args[0]), Path(args[1]))
     else:
-        sys.exit("usage: python -m foldstack.stamp FILE STAMP | --refresh DIR")
+        sys.exit("usage: python -m foldstack.stamp FILE STAMP | --refresh DIR [--list FILE WORD...]")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@
 NO_STAMPS := help setup test clean bench demo-data
 STAMP_TOUCHED := $(strip $(if $(and $(wildcard $(PY)),$(filter-out $(NO_STAMPS),$(or $(MAKECMDGOALS),help))),\
   $(shell $(PY) -m foldstack.stamp --refresh $(STAMPS) $(if $(DRY),--dry) $(sort $(STAMPED)) --sources \
-  $(sort $(SOURCES)))))
+  $(sort $(SOURCES)) --list $(MEMBERS_TXT) $(MODELS))))
 $(if $(and $(DRY),$(STAMP_TOUCHED)),$(info # make -n: $(words $(STAMP_TOUCHED)) file(s) were rebuilt or copied with \
   identical bytes ($(firstword $(STAMP_TOUCHED)) ...); if this plan rebuilds one, the steps after it are not shown))
 
@@ -22,3 +22,7 @@ endef
 ORDER_ONLY := $(sort $(filter-out $(STAMPED),$(SOURCES)) $(if $(DRY),$(STAMP_TOUCHED)))
 $(foreach f,$(sort $(filter-out $(ORDER_ONLY),$(STAMPED))),$(eval $(call STAMP_RULE,$(f),$(f))))
 $(foreach f,$(ORDER_ONLY),$(eval $(call STAMP_RULE,$(f),| $(f))))
+
+# The member list's stamp, when the refresh above did not run (a goal in NO_STAMPS, or no .venv yet when Make read this)
+$(MEMBERS_STAMP):
+	$(if $(DRY),,@)$(PY) -m foldstack.stamp --refresh $(STAMPS) $(if $(DRY),--dry) --list $(MEMBERS_TXT) $(MODELS)

@@ -42,6 +42,30 @@ def test_stamp_moves_only_when_the_bytes_change(tmp_path):
     assert stamp.refresh(tmp_path / "st", [str(art)]) == [str(art)], "left newer than its stamp: reported"
 
 
+def test_member_list_stamp_moves_when_a_word_goes_and_a_dry_run_agrees(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    st, lst = Path("st"), "build/members.txt"
+    dry_st = tmp_path / "dry"
+
+    def both(words):  # the dry run's stamp (on a copy) must get the time the real run then gives
+        shutil.rmtree(dry_st, ignore_errors=True)
+        if st.is_dir():
+            shutil.copytree(st, dry_st)
+        stamp.update_list(dry_st, lst, words, dry=True)
+        stamp.update_list(st, lst, words)
+        return stamp.stamp_path(st, lst).stat().st_mtime_ns, stamp.stamp_path(dry_st, lst).stat().st_mtime_ns
+
+    real, dry = both(["b", "a"])
+    assert Path(lst).read_text() == "a b\n" and real == dry == 0, "a first list: no change known"
+    assert both(["a", "b"]) == (0, 0)
+    Path(lst).unlink()  # build/ removed: the same list comes back, nothing changed
+    assert both(["a", "b"]) == (0, 0) and Path(lst).exists()
+    before = time.time_ns()
+    real, dry = both(["a"])
+    assert real >= before and dry >= before and Path(lst).read_text() == "a\n"
+    assert not list(Path("build").glob(".*.tmp"))
+
+
 def snapshot(ws: Path) -> dict:
     """Every file of the workspace, stamps included -> (size, mtime_ns)."""
     return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in ws.rglob("*") if p.is_file()}
@@ -117,6 +141,7 @@ def test_dry_pseudo_writes_nothing(built):
 def test_a_removed_model_leaves_every_blend(built):
     """Make cannot see a prerequisite that disappeared: the member list (build/members.txt) makes it visible."""
     (built / "models" / "nbsvm.yaml").unlink()
+    shutil.rmtree(built / "build")  # generated files only: the list is judged by its stamp, not by being there
     before = snapshot(built)
     plan = work(make(built, "-n", "submit"))
     assert snapshot(built) == before, "make -n writes nothing, not even the member list"
@@ -127,4 +152,6 @@ def test_a_removed_model_leaves_every_blend(built):
     assert "nbsvm" not in board and "tfidf_lr" in board
     shutil.rmtree(built / "folds" / "nbsvm")
     assert "nbsvm" not in make(built, "score")
+    shutil.rmtree(built / "build")
     assert work(make(built, "-n", "submit")) == [], "a member list that did not change re-blends nothing"
+    assert work(make(built, "submit")) == []
