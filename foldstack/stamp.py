@@ -53,13 +53,19 @@ def read_stamp(stamp: Path) -> dict | None:
     return record if isinstance(record, dict) and "since_ns" in record else None
 
 
+def write_text(path: Path, text: str, time_ns: int | None = None) -> None:
+    """Write-then-rename (a reader never sees half a file), the file's times set to time_ns if given."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    if time_ns is not None:
+        os.utime(tmp, ns=(time_ns, time_ns))
+    os.replace(tmp, path)
+
+
 def write_stamp(stamp: Path, record: dict) -> None:
-    """Write-then-rename, the stamp's times set to record['since_ns']."""
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record) + "\n")
-    os.utime(tmp, ns=(record["since_ns"], record["since_ns"]))
-    os.replace(tmp, stamp)
+    """The stamp, its times set to record['since_ns']."""
+    write_text(stamp, json.dumps(record) + "\n", record["since_ns"])
 
 
 def update(path: Path, stamp: Path, artefact: bool = False, dry: bool = False) -> str:
@@ -116,12 +122,7 @@ def update_list(folder: Path, path: str, words: list[str], dry: bool = False) ->
     current = file.read_text() if file.exists() else None
     if not dry:
         if current != text:
-            tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
-            file.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(text)
-            if current is None:
-                os.utime(tmp, ns=(0, 0))
-            os.replace(tmp, file)
+            write_text(file, text, 0 if current is None else None)
         return update(file, stamp)
     old, sha = read_stamp(stamp), hashlib.sha256(text.encode()).hexdigest()
     if old and old.get("sha256") == sha:
