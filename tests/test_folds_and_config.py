@@ -190,3 +190,12 @@ def test_every_stage_help_lists_its_config_keys(stage, keys, capsys):
         cls = getattr(module, cls) if isinstance(cls, str) else cls
         for f in dataclasses.fields(cls):
             assert re.search(rf"^  (--)?{re.escape(prefix + f.name)}[=:]", shown, re.M), f"{stage}: {prefix}{f.name}"
+
+
+def test_make_folds_without_a_model_says_so_in_one_line(tmp_path):
+    import subprocess
+    from tests.conftest import empty_workspace
+    ws = empty_workspace(tmp_path / "ws")
+    done = subprocess.run(["make", "--no-print-directory", "-C", str(ws), "folds"], capture_output=True, text=True)
+    assert done.returncode != 0 and "no models/*.yaml here" in done.stderr
+    assert "usage:" not in done.stderr  # not report.py's argparse complaint
