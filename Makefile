@@ -142,7 +142,8 @@ prep: $(PROCESSED)  ## lemmatize + encode labels -> data/processed/
 $(PROCESSED): $(call source,$(COMP) $(RAW)) | $(SETUP)
 	$(PY) -m foldstack.prep --competition=$(COMP) --out-dir=data/processed
 	@# the token-length distribution and the max_len / truncation it recommends (not a prerequisite of anything)
-	-@$(PY) -m foldstack.lengths --train=$@ --out=data/processed/lengths.json --n-folds=$(N_FOLDS)
+	-@$(PY) -m foldstack.lengths --train=$@ --out=data/processed/lengths.json --n-folds=$(N_FOLDS) \
+	  --models $(MODELS:%=models/%.yaml)
 $(filter-out $(PROCESSED),$(PROCESSED_ALL)): $(PROCESSED) ;
 
 # Within-task masked-LM pretraining: models/pretrain/<name>.yaml -> the backbone directory models/pretrain/<name>/

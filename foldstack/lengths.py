@@ -1,30 +1,68 @@
 """lengths: the training texts' token-length distribution, and the max_len / truncation it recommends.
 
-Reads  data/processed/train.parquet (the text column), the backbone's tokenizer (default: the installed MiniLM)
-Writes data/processed/lengths.json   percentiles, share of texts cut at each max_len, the recommendation
+Reads  data/processed/train.parquet (the text column), each transformer YAML's backbone tokenizer (or MiniLM's)
+Writes data/processed/lengths.json   per transformer YAML: percentiles, share cut at each max_len, the
+                                     recommendation and what its time estimate assumes
 Run    python -m foldstack.lengths --train=data/processed/train.parquet --out=data/processed/lengths.json \
-           [--backbone=minilm --n-folds=5 --epochs=2 --budget-min=60]   (make prep runs it after prep)
+           [--models models/*.yaml --n-folds=5 --budget-min=60]   (make prep runs it after prep)
 
 The recommendation: the smallest of 64 / 128 / 256 / 384 / 512 tokens that holds 90% of the texts whole, lowered
 while a k-fold run of the transformer would exceed the time budget; head_tail truncation (first quarter + last
-three quarters, Sun et al. 2019) when more than 10% of the texts are still cut, else head. The time estimate uses
-fine-tuning throughput measured on 2 CPU cores in fp32 (MiniLM-L6 + BiLSTM: TOKENS_PER_S, docs/performance.md); a
-bf16 CPU or a GPU is faster, and freeze_layers divides it further (measured on the demo, fp32: 1.9x with 3 of
-MiniLM's 6 layers frozen, 2.8x with 4).
+three quarters, Sun et al. 2019) when more than 10% of the texts are still cut, else head. One recommendation per
+transformer YAML in --models (its tokenizer, epochs, seeds, freeze_layers, amp), or one for the installed MiniLM
+with 2 epochs when there is none. The time estimate starts from fine-tuning throughput measured on 2 CPU cores in
+fp32 (MiniLM-L6 + BiLSTM: TOKENS_PER_S, docs/performance.md) and scales it by the layers that still train (a
+frozen layer's outputs come from the cache once for all folds), by their width against MiniLM's, and by native
+bf16 when the model's amp uses it on this CPU. A GPU is much faster than any of it.
 """
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from . import config
 from .errors import one_line_errors
 from .io import save_json
 
 CHOICES = (64, 128, 256, 384, 512)
-TOKENS_PER_S = 2000  # MiniLM-L6 + BiLSTM, full fine-tuning, fp32, 2 cores (demo texts: 40 samples/s x ~52 tokens)
+# MiniLM-L6 + BiLSTM, full fine-tuning, fp32, two folds at a time on 2 cores (one thread each, as `make -j2 folds`
+# runs them): bench/freeze_speed.py on 480 20news texts at 128 tokens, capped to AVX2, 9.9 rows/s x 120 tokens a
+# fold (docs/performance.md)
+TOKENS_PER_S = 2400
+BF16_SPEEDUP = 2.1   # the same probe beside it in bf16 on AMX: 20.9 rows/s (a demo fold at 64 tokens: ~1.9)
+# Training time per token against full fine-tuning, by the share of the encoder's layers that still train (a frozen
+# layer's outputs come from the cache). The same probe, fp32, 2 / 3 / 4 of 6 layers frozen: 1.46x / 1.87x / 2.57x;
+# 5 frozen: 4.06x (a 2-thread demo probe); none training: the head alone, a guess. Not linear in the layers: the
+# embeddings' gradient and the optimizer's step over their parameters go too.
+TRAINED_SHARE = (0.0, 1 / 6, 2 / 6, 3 / 6, 4 / 6, 1.0)
+TIME_SHARE = (0.15, 0.25, 0.39, 0.53, 0.68, 1.0)
+MINILM = {"layers": 6, "width": 384, "ffn": 1536}
+
+
+@dataclass(frozen=True)
+class Speed:
+    """What the time estimate assumes of the transformer and the CPU."""
+    layers: int = 6       # encoder layers
+    frozen: int = 0       # of them frozen (freeze_layers)
+    width: int = 384      # hidden size
+    ffn: int = 1536       # intermediate size
+    bf16: bool = False    # autocast to bf16 on a CPU that runs it natively
+
+    def tokens_per_s(self) -> float:
+        """Training tokens per second: TOKENS_PER_S scaled by the model's size against MiniLM's (multiply-adds per
+        token), by the share of its layers that still train, and by native bf16."""
+        def per_token(layers, width, ffn):
+            return layers * (4 * width * width + 2 * width * ffn)
+        size = per_token(self.layers, self.width, self.ffn) / per_token(**MINILM)
+        share = np.interp((self.layers - self.frozen) / self.layers, TRAINED_SHARE, TIME_SHARE)
+        return TOKENS_PER_S / (size * share) * (BF16_SPEEDUP if self.bf16 else 1.0)
+
+    def shown(self) -> str:
+        return f"{'bf16' if self.bf16 else 'fp32'}, 2 cores, freeze_layers {self.frozen} of {self.layers}"
 
 
 def token_lengths(texts: list[str], tokenizer) -> np.ndarray:
@@ -33,35 +71,65 @@ def token_lengths(texts: list[str], tokenizer) -> np.ndarray:
     return np.array([len(i) for i in ids])
 
 
-def epoch_minutes(lengths: np.ndarray, max_len: int, n_folds: int) -> float:
+def epoch_minutes(lengths: np.ndarray, max_len: int, n_folds: int, speed: Speed = Speed()) -> float:
     """Minutes of training for one epoch of every fold (each fold trains on (k-1)/k of the rows)."""
     tokens = np.minimum(lengths, max_len).sum() * (n_folds - 1)
-    return float(tokens / TOKENS_PER_S / 60)
+    return float(tokens / speed.tokens_per_s() / 60)
 
 
-def recommend(lengths: np.ndarray, n_folds: int, epochs: int, budget_min: float, limit: int = 512) -> dict:
-    """max_len, truncation and the estimate behind them (see the module docstring)."""
+def recommend(lengths: np.ndarray, n_folds: int, epochs: int, budget_min: float, limit: int = 512,
+              speed: Speed = Speed()) -> dict:
+    """max_len, truncation and the estimate behind them (see the module docstring); `epochs` counts every seed's."""
     choices = [c for c in CHOICES if c <= limit] or [limit]
     max_len = next((c for c in choices if np.mean(lengths <= c) >= 0.9), choices[-1])
-    while max_len > choices[0] and epochs * epoch_minutes(lengths, max_len, n_folds) > budget_min:
+    while max_len > choices[0] and epochs * epoch_minutes(lengths, max_len, n_folds, speed) > budget_min:
         max_len = choices[choices.index(max_len) - 1]
     cut = float(np.mean(lengths > max_len))
     return {"max_len": max_len, "truncation": "head_tail" if cut > 0.1 else "head", "cut_share": cut,
-            "est_minutes": epochs * epoch_minutes(lengths, max_len, n_folds), "epochs": epochs,
-            "budget_min": budget_min, "n_folds": n_folds}
+            "est_minutes": epochs * epoch_minutes(lengths, max_len, n_folds, speed), "epochs": epochs,
+            "budget_min": budget_min, "n_folds": n_folds, "assumes": speed.shown()}
 
 
-def report(lengths: np.ndarray, rec: dict) -> str:
-    pct = {p: int(np.percentile(lengths, p)) for p in (50, 90, 95, 99)}
-    lines = [f"lengths: {len(lengths)} training texts, tokens p50 {pct[50]}  p90 {pct[90]}  p95 {pct[95]}  "
-             f"p99 {pct[99]}  max {lengths.max()}",
-             "  max_len: share of texts cut, est. minutes per epoch of all folds (fp32, 2 cores, freeze_layers 0): "
-             + "  ".join(f"{c}: {np.mean(lengths > c):.0%} {epoch_minutes(lengths, c, rec['n_folds']):.0f} min"
-                         for c in CHOICES),
-             f"  recommended for a transformer member: max_len: {rec['max_len']}  truncation: {rec['truncation']}  "
-             f"({rec['cut_share']:.0%} cut; ~{rec['est_minutes']:.0f} min for {rec['epochs']} epoch(s) x all folds "
-             f"on 2 CPU cores in fp32, budget {rec['budget_min']:.0f} min)"]
+def report(counted: dict[str, np.ndarray], recs: dict[str, dict], speeds: dict[str, Speed], n_folds: int) -> str:
+    """Per model (its tokenizer's lengths): the percentiles, the minutes each max_len would take, the recommendation."""
+    lines = []
+    for name, rec in recs.items():
+        lengths = counted[name]
+        pct = {p: int(np.percentile(lengths, p)) for p in (50, 90, 95, 99)}
+        minutes = (f"{c}: {np.mean(lengths > c):.0%} {epoch_minutes(lengths, c, n_folds, speeds[name]):.0f} min"
+                   for c in CHOICES)
+        lines += [f"lengths: {len(lengths)} training texts, tokens p50 {pct[50]}  p90 {pct[90]}  p95 {pct[95]}  "
+                  f"p99 {pct[99]}  max {lengths.max()}",
+                  f"  {name} ({rec['assumes']}): max_len: share cut, est. minutes of training per epoch of all "
+                  f"folds: " + "  ".join(minutes),
+                  f"  recommended for {name}: max_len: {rec['max_len']}  truncation: {rec['truncation']}  "
+                  f"({rec['cut_share']:.0%} cut; ~{rec['est_minutes']:.0f} min for {rec['epochs']} epoch(s) x all "
+                  f"folds on 2 CPU cores, budget {rec['budget_min']:.0f} min)"]
     return "\n".join(lines)
+
+
+def summary(lengths: np.ndarray, rec: dict, backbone: str) -> dict:
+    """One model's entry of lengths.json."""
+    return {"percentiles": {str(p): float(np.percentile(lengths, p)) for p in (50, 90, 95, 99)},
+            "max": int(lengths.max()), "cut": {str(c): float(np.mean(lengths > c)) for c in CHOICES},
+            "recommended": rec, "backbone": backbone}
+
+
+def model_speed(cfg: config.Model) -> Speed:
+    """The Speed a transformer YAML implies on this CPU (its backbone's shape, freeze_layers, amp)."""
+    from transformers import AutoConfig
+    from .encoder import resolve_backbone
+    from .trainer import cpu_has_bf16
+    shape = AutoConfig.from_pretrained(resolve_backbone(cfg.backbone))
+    bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and cpu_has_bf16())
+    return Speed(shape.num_hidden_layers, min(cfg.freeze_layers, shape.num_hidden_layers), shape.hidden_size,
+                 shape.intermediate_size, bf16)
+
+
+def transformers_in(paths: list[str]) -> dict[str, config.Model]:
+    """The transformer YAMLs among `paths` by name; the installed MiniLM at 2 epochs when there is none."""
+    cfgs = {Path(p).stem: config.load(config.Model, p) for p in paths}
+    return {n: c for n, c in cfgs.items() if c.kind == "transformer"} or {"a MiniLM member": config.Model()}
 
 
 @one_line_errors
@@ -69,22 +137,22 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train", required=True, help="data/processed/train.parquet")
     ap.add_argument("--out", required=True, help="where the JSON report goes")
-    ap.add_argument("--backbone", default="minilm", help="whose tokenizer counts the tokens")
+    ap.add_argument("--models", nargs="*", default=[], help="model YAMLs: one recommendation per transformer")
     ap.add_argument("--n-folds", type=int, default=5, help="folds the estimate assumes")
-    ap.add_argument("--epochs", type=int, default=2, help="epochs the estimate assumes")
     ap.add_argument("--budget-min", type=float, default=60.0, help="minutes the transformer's k-fold run may take")
     args = ap.parse_args(argv)
     from .encoder import load_tokenizer
     from .text import FIELD_SEP
     texts = pd.read_parquet(args.train, columns=["text"])["text"].str.replace(FIELD_SEP, " ").tolist()
-    tokenizer = load_tokenizer(args.backbone)
-    lengths = token_lengths(texts, tokenizer)
-    rec = recommend(lengths, args.n_folds, args.epochs, args.budget_min, tokenizer.model_max_length)
-    print(report(lengths, rec))
-    save_json(Path(args.out), {"percentiles": {str(p): float(np.percentile(lengths, p)) for p in (50, 90, 95, 99)},
-                               "max": int(lengths.max()), "cut": {str(c): float(np.mean(lengths > c)) for c in CHOICES},
-                               "recommended": rec, "backbone": args.backbone})
-
+    cfgs = transformers_in(args.models)
+    tokenizers = {b: load_tokenizer(b) for b in {c.backbone for c in cfgs.values()}}
+    by_backbone = {b: token_lengths(texts, t) for b, t in tokenizers.items()}
+    counted = {n: by_backbone[c.backbone] for n, c in cfgs.items()}
+    speeds = {n: model_speed(c) for n, c in cfgs.items()}
+    recs = {n: recommend(counted[n], args.n_folds, c.epochs * max(1, len(c.seeds)), args.budget_min,
+                         tokenizers[c.backbone].model_max_length, speeds[n]) for n, c in cfgs.items()}
+    print(report(counted, recs, speeds, args.n_folds))
+    save_json(Path(args.out), {n: summary(lengths, recs[n], cfgs[n].backbone) for n, lengths in counted.items()})
 
 if __name__ == "__main__":
     main()

@@ -22,3 +22,24 @@ def test_counts_special_tokens_and_cuts_nothing(tiny_bert):
     tok = load_tokenizer(str(tiny_bert))
     n = lengths.token_lengths(["movie " * 200, "film"], tok)
     assert n[0] > 200 and n[1] == 3
+
+
+def test_the_estimate_follows_frozen_layers_width_and_bf16():
+    base = lengths.Speed()
+    assert lengths.Speed().tokens_per_s() == lengths.TOKENS_PER_S  # the measured MiniLM-L6 fp32 rate
+    assert lengths.Speed(frozen=2).tokens_per_s() > base.tokens_per_s()
+    assert lengths.Speed(bf16=True).tokens_per_s() == base.tokens_per_s() * lengths.BF16_SPEEDUP
+    assert lengths.Speed(layers=12, width=768, ffn=3072).tokens_per_s() < base.tokens_per_s() / 7  # BERT-base
+    long = np.full(1000, 900)
+    slow, fast = (lengths.recommend(long, 5, 2, 30.0, speed=s) for s in (base, lengths.Speed(frozen=4, bf16=True)))
+    assert fast["est_minutes"] < slow["est_minutes"] and fast["max_len"] >= slow["max_len"]
+
+
+def test_one_recommendation_per_transformer_yaml(tmp_path, tiny_bert):
+    (tmp_path / "deep.yaml").write_text(f"backbone: {tiny_bert}\nfreeze_layers: 99\namp: 'off'\nepochs: 3\n")
+    (tmp_path / "svm.yaml").write_text("kind: tfidf_svm\n")
+    cfgs = lengths.transformers_in([str(tmp_path / "deep.yaml"), str(tmp_path / "svm.yaml")])
+    assert list(cfgs) == ["deep"]
+    speed = lengths.model_speed(cfgs["deep"])
+    assert speed.frozen == speed.layers and not speed.bf16  # capped at the backbone's layers; amp off is fp32
+    assert list(lengths.transformers_in([str(tmp_path / "svm.yaml")])) == ["a MiniLM member"]
