@@ -90,16 +90,23 @@ def recommend(lengths: np.ndarray, n_folds: int, epochs: int, budget_min: float,
             "budget_min": budget_min, "n_folds": n_folds, "assumes": speed.shown()}
 
 
-def report(counted: dict[str, np.ndarray], recs: dict[str, dict], speeds: dict[str, Speed], n_folds: int) -> str:
+def summary(lengths: np.ndarray, rec: dict, speed: Speed, n_folds: int, backbone: str) -> dict:
+    """One model's entry of lengths.json: percentiles, per max_len the share cut and the training minutes per epoch."""
+    return {"percentiles": {str(p): float(np.percentile(lengths, p)) for p in (50, 90, 95, 99)},
+            "count": len(lengths), "max": int(lengths.max()),
+            "cut": {str(c): float(np.mean(lengths > c)) for c in CHOICES},
+            "epoch_minutes": {str(c): epoch_minutes(lengths, c, n_folds, speed) for c in CHOICES},
+            "recommended": rec, "backbone": backbone}
+
+
+def report(summaries: dict[str, dict]) -> str:
     """Per model (its tokenizer's lengths): the percentiles, the minutes each max_len would take, the recommendation."""
     lines = []
-    for name, rec in recs.items():
-        lengths = counted[name]
-        pct = {p: int(np.percentile(lengths, p)) for p in (50, 90, 95, 99)}
-        minutes = (f"{c}: {np.mean(lengths > c):.0%} {epoch_minutes(lengths, c, n_folds, speeds[name]):.0f} min"
-                   for c in CHOICES)
-        lines += [f"lengths: {len(lengths)} training texts, tokens p50 {pct[50]}  p90 {pct[90]}  p95 {pct[95]}  "
-                  f"p99 {pct[99]}  max {lengths.max()}",
+    for name, s in summaries.items():
+        pct, rec = {p: int(v) for p, v in s["percentiles"].items()}, s["recommended"]
+        minutes = (f"{c}: {s['cut'][c]:.0%} {s['epoch_minutes'][c]:.0f} min" for c in map(str, CHOICES))
+        lines += [f"lengths: {s['count']} training texts, tokens p50 {pct['50']}  p90 {pct['90']}  p95 {pct['95']}  "
+                  f"p99 {pct['99']}  max {s['max']}",
                   f"  {name} ({rec['assumes']}): max_len: share cut, est. minutes of training per epoch of all "
                   f"folds: " + "  ".join(minutes),
                   f"  recommended for {name}: max_len: {rec['max_len']}  truncation: {rec['truncation']}  "
@@ -108,20 +115,15 @@ def report(counted: dict[str, np.ndarray], recs: dict[str, dict], speeds: dict[s
     return "\n".join(lines)
 
 
-def summary(lengths: np.ndarray, rec: dict, backbone: str) -> dict:
-    """One model's entry of lengths.json."""
-    return {"percentiles": {str(p): float(np.percentile(lengths, p)) for p in (50, 90, 95, 99)},
-            "max": int(lengths.max()), "cut": {str(c): float(np.mean(lengths > c)) for c in CHOICES},
-            "recommended": rec, "backbone": backbone}
-
-
 def model_speed(cfg: config.Model) -> Speed:
     """The Speed a transformer YAML implies on this CPU (its backbone's shape, freeze_layers, amp)."""
+    import torch
     from transformers import AutoConfig
     from .encoder import resolve_backbone
-    from .trainer import cpu_has_bf16
+    from .trainer import amp_dtype
     shape = AutoConfig.from_pretrained(resolve_backbone(cfg.backbone))
-    bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and cpu_has_bf16())
+    # the estimate is for this CPU; fp16 is CUDA's alone, so a GPU config's amp counts as fp32 here
+    bf16 = cfg.amp != "fp16" and amp_dtype(cfg.amp, torch.device("cpu")) == torch.bfloat16
     return Speed(shape.num_hidden_layers, min(cfg.freeze_layers, shape.num_hidden_layers), shape.hidden_size,
                  shape.intermediate_size, bf16)
 
@@ -151,8 +153,10 @@ def main(argv=None) -> None:
     speeds = {n: model_speed(c) for n, c in cfgs.items()}
     recs = {n: recommend(counted[n], args.n_folds, c.epochs * max(1, len(c.seeds)), args.budget_min,
                          tokenizers[c.backbone].model_max_length, speeds[n]) for n, c in cfgs.items()}
-    print(report(counted, recs, speeds, args.n_folds))
-    save_json(Path(args.out), {n: summary(lengths, recs[n], cfgs[n].backbone) for n, lengths in counted.items()})
+    summaries = {n: summary(counted[n], recs[n], speeds[n], args.n_folds, c.backbone) for n, c in cfgs.items()}
+    print(report(summaries))
+    save_json(Path(args.out), summaries)
+
 
 if __name__ == "__main__":
     main()
