@@ -191,11 +191,23 @@ MALLOC ?= $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.s
 preload = $(if $(MALLOC),LD_PRELOAD=$(MALLOC))
 fold_env = OMP_NUM_THREADS=$(if $(RUNNER),$(RAY_CPUS),$(fold_threads)) $(preload)
 
+# A model whose folds share a cache (frozen layers, embed_lr's embeddings: CACHED) builds it as a job of its own
+# first, so that Make runs other work beside it instead of folds idling on its lock (foldstack.cache). Every round
+# reads the same cache: pseudo rows are test texts. Order-only: the cache depends on nothing the folds do not
+# depend on themselves, and a workspace whose folds predate the cache job keeps them.
+cache_json = $(if $(filter $(1),$(CACHED)),| features/cache/$(1).json)
+define CACHE_RULE
+features/cache/$(1).json: $(call source,models/$(1).yaml $(COMP)) $(call stamp,$(PROCESSED_ALL) $(DEPS_$(1)))
+	$$(fold_env) $$(RUN) $(PY) -m foldstack.cache --model=models/$(1).yaml --out=$$@ --competition=$(COMP) \
+	  --cache-dir=features/cache
+endef
+$(foreach m,$(CACHED),$(eval $(call CACHE_RULE,$(m))))
+
 # One training target per model x fold x round, one gather target per model x round ($(1) model, $(2) round).
 pseudo_args = $(if $(call pseudo_file,$(2)),--pseudo=$(call pseudo_file,$(2)))
 define MODEL_RULES
 $(call mdir,$(1),$(2))/fold%.npz: $(call source,models/$(1).yaml $(COMP)) \
-  $(call stamp,folds/folds.csv $(PROCESSED_ALL) $(DEPS_$(1)) $(call pseudo_file,$(2)))
+  $(call stamp,folds/folds.csv $(PROCESSED_ALL) $(DEPS_$(1)) $(call pseudo_file,$(2))) $(call cache_json,$(1))
 	$$(fold_env) $$(RUN) $(PY) -m foldstack.train --model=models/$(1).yaml --fold=$$* --out-dir=$(call mdir,$(1),$(2)) \
 	  --competition=$(COMP) --cache-dir=features/cache $(call pseudo_args,$(1),$(2))
 $(call mdir,$(1),$(2))/manifest.json: $(call stamp,$(FOLD_IDS:%=$(call mdir,$(1),$(2))/fold%.npz))

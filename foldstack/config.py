@@ -368,6 +368,12 @@ def config_hash(cfg) -> str:
 PRETRAIN_DIR = "models/pretrain"
 
 
+def shares_cache(cfg: Model) -> bool:
+    """A model whose folds read one cache computed once (foldstack.hidden_cache): a transformer with frozen layers,
+    embed_lr's pooled embeddings. `make folds` builds it as its own job before the folds (foldstack.cache)."""
+    return cfg.kind == "embed_lr" or (cfg.kind == "transformer" and cfg.freeze_layers > 0)
+
+
 def model_deps(cfg: Model) -> list[str]:
     """Files a model's fold targets depend on besides its YAML: features/<set>.parquet per augmented set, and
     models/pretrain/<name>/done.json when its backbone (or embed_lr's) is a `make pretrain` output."""

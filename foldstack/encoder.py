@@ -266,3 +266,14 @@ def build_model(cfg, n_out: int, pretrained: bool = True) -> Classifier:
     if cfg.freeze_layers:
         lower, encoder = split_encoder(encoder, cfg.freeze_layers)
     return Classifier(encoder, cfg.head, n_out, cfg.lstm_hidden, cfg.dropout, lower)
+
+
+def check_backbone(cfg, where: str) -> None:
+    """Before any data is read, a transformer's or embed_lr's backbone must resolve (an unreachable Hub id stops in
+    seconds) and have room for max_len; ConfigError names `where` and the key."""
+    if cfg.kind not in ("transformer", "embed_lr"):
+        return
+    try:
+        fits_backbone(cfg.options or cfg, section="params." if cfg.options else "")
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None

@@ -2,9 +2,10 @@
 (And embed_lr's table of pooled sentence embeddings, the same idea at one vector per text: `open_pooled`.)
 
 With `freeze_layers: N` in a model YAML, the embeddings and the lowest N encoder layers never train, so their output
-for a text is the same in every fold and every epoch. The train stage computes it once for every text the model
-can meet (train, test, augmented rows; pseudo rows are test texts) in one length-sorted pass, stores it here, and
-each fold trains only the layers above N + the head on it (foldstack.encoder.Classifier's `hidden` input).
+for a text is the same in every fold and every epoch. The cache stage (`make folds` runs it before the model's
+folds) computes it once for every text the model can meet (train, test, augmented rows; pseudo rows are test
+texts) in one length-sorted pass, stores it here, and each fold trains only the layers above N + the head on it
+(foldstack.encoder.Classifier's `hidden` input).
 
 Layout   <root>/<key>/hidden.npy   float16 [total_tokens, H], the texts' real tokens one after another
                       offsets.npy  int64 [n_texts + 1]: text i is hidden[offsets[i]:offsets[i + 1]]
@@ -12,7 +13,8 @@ Layout   <root>/<key>/hidden.npy   float16 [total_tokens, H], the texts' real to
 The key hashes everything the numbers depend on: the backbone's files (content, so a re-pretrained backbone
 directory is a new key), max_len, truncation, the text variant, N, the attention kernel, the foldstack and
 transformers versions (tokenization and kernels) and the texts themselves in order. A changed key is a new directory; an old one is never read again. The directory is written under a
-temporary name and renamed when complete, under a lock so that parallel folds build it once.
+temporary name and renamed when complete, under a lock so that parallel runs build it once (a fold run alone
+builds it itself).
 hidden.npy is read memory-mapped: five folds in a row share the page cache instead of each holding a copy.
 """
 from __future__ import annotations
@@ -158,6 +160,23 @@ def unique_texts(*columns) -> list[str]:
     return list(dict.fromkeys(t for col in columns for t in col))
 
 
+def model_texts(cfg, train, test, extra) -> list[str]:
+    """Every text a model can meet, in its text variant: train, test (pseudo rows are test texts), augmented rows."""
+    column = "text_lemma" if cfg.text == "lemma" else "text"
+    return unique_texts(train[column], test[column], [] if extra is None else extra[column])
+
+
+def open_for_model(cfg, texts: list[str], root: Path, n_classes: int):
+    """The model's shared cache over `texts`, built first if needed: the frozen-layer cache of a transformer with
+    freeze_layers > 0, embed_lr's pooled table, or None for a model without one (config.shares_cache)."""
+    from .config import shares_cache
+    if not shares_cache(cfg):
+        return None
+    if cfg.kind == "embed_lr":
+        return open_pooled(cfg.options, texts, root)
+    return open_or_build(cfg, texts, root, n_classes)
+
+
 def open_or_build(cfg, texts: list[str], root: Path, n_classes: int) -> HiddenCache:
     """The cache for `cfg` and `texts` under `root`, built first if no run has built it (one builder at a time)."""
     from .batching import encode
@@ -180,8 +199,9 @@ def open_or_build(cfg, texts: list[str], root: Path, n_classes: int) -> HiddenCa
 class PooledEmbeddings:
     """embed_lr's table: one mean-pooled embedding per text [n_texts, H], looked up by text."""
 
-    def __init__(self, table: np.ndarray, texts: list[str]):
+    def __init__(self, table: np.ndarray, texts: list[str], path: Path | None = None):
         self.table, self.index, self.width = table, {t: i for i, t in enumerate(texts)}, table.shape[1]
+        self.path = path
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return np.asarray(self.table[[self.index[t] for t in texts]], dtype=np.float32)
@@ -226,4 +246,4 @@ def open_pooled(p, texts: list[str], root: Path) -> PooledEmbeddings:
             with atomic_path(path) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, table)
             print(f"  embeddings {path.name}: {len(texts)} texts in {time.perf_counter() - t0:.0f}s")
-    return PooledEmbeddings(np.load(path), texts)
+    return PooledEmbeddings(np.load(path), texts, path)

@@ -139,3 +139,10 @@ def first_missing(df: pd.DataFrame, col: str, path) -> None:
     if missing.any():
         i = int(np.flatnonzero(missing)[0])
         raise InputError(f"{path}: row {i + 2}, column {col!r}: the value is empty")
+
+
+def read_augmented(names: tuple[str, ...], features: Path) -> pd.DataFrame | None:
+    """The model's augmented sets, stacked (src_id, kind, text, text_lemma); None when it uses none."""
+    if not names:
+        return None
+    return pd.concat([pd.read_parquet(features / f"{name}.parquet") for name in names], ignore_index=True)

@@ -2,6 +2,7 @@
 
 Reads  models/<m>.yaml, data/competition.yaml, data/processed/{train,test}.parquet + classes.json, folds/folds.csv,
        the model's augmented sets features/<set>.parquet, and with --pseudo a round's features/pseudo_r<r>.parquet
+       and its shared cache under --cache-dir (built by foldstack.cache first under `make folds`; else here)
 Writes <out-dir>/fold<k>.npz   val_idx [n_val] (rows of train.parquet), val [n_val, C], test [n_test, C]
        <out-dir>/fold<k>.json  validation score, best epoch, timings, per-epoch history
        <out-dir>/fold<k>.log   one JSON line per epoch, written as training goes
@@ -31,7 +32,7 @@ from . import __version__, config
 from . import fold_models
 from .errors import one_line_errors
 from .folds import read_fold_ids, training_mask
-from .io import atomic_path, save_json
+from .io import atomic_path, read_augmented, save_json
 from .labels import classes_json, join_targets, read_pseudo, targets, training_rows
 
 
@@ -115,28 +116,15 @@ def average_seeds(runs: list[dict], comp, val_y: np.ndarray) -> dict:
             "history": [r["history"] for r in runs]}
 
 
-def read_extra(names: tuple[str, ...], features: Path) -> pd.DataFrame | None:
-    """The model's augmented sets, stacked (src_id, kind, text, text_lemma); None when it uses none."""
-    if not names:
-        return None
-    return pd.concat([pd.read_parquet(features / f"{name}.parquet") for name in names], ignore_index=True)
-
-
 def open_cache(cfg, train: pd.DataFrame, test: pd.DataFrame, extra: pd.DataFrame | None, root: Path,
                n_classes: int):
-    """The frozen-layer cache over every text this model can meet (None unless it freezes layers), or embed_lr's
-    table of pooled embeddings."""
-    from .hidden_cache import open_or_build, open_pooled, unique_texts
-    column = "text_lemma" if cfg.text == "lemma" else "text"
-    texts = unique_texts(train[column], test[column], [] if extra is None else extra[column])
-    if cfg.kind == "embed_lr":
-        return open_pooled(cfg.options, texts, root)
-    if cfg.kind != "transformer" or not cfg.freeze_layers:
-        return None
+    """The model's cache (hidden_cache.open_for_model; `make folds` built it first with foldstack.cache), or None."""
+    from .hidden_cache import model_texts, open_for_model
     t0 = time.perf_counter()
-    cache = open_or_build(cfg, texts, root, n_classes)
-    print(f"  frozen-layer cache {cache.path.name}: {cache.meta['bytes'] / 2**20:.0f} MiB, built in "
-          f"{cache.meta['build_secs']:.0f}s, opened in {time.perf_counter() - t0:.1f}s")
+    cache = open_for_model(cfg, model_texts(cfg, train, test, extra), root, n_classes)
+    if cache is not None and cfg.kind == "transformer":
+        print(f"  frozen-layer cache {cache.path.name}: {cache.meta['bytes'] / 2**20:.0f} MiB, built in "
+              f"{cache.meta['build_secs']:.0f}s, opened in {time.perf_counter() - t0:.1f}s")
     return cache
 
 
@@ -145,18 +133,6 @@ def write_fold(out: Path, fold: int, val_idx: np.ndarray, res: dict, summary: di
     save_json(out / f"fold{fold}.json", summary)
     with atomic_path(out / f"fold{fold}.npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, val_idx=val_idx, val=res["val"].astype(np.float32), test=res["test"].astype(np.float32))
-
-
-def check_backbone(cfg, where: str) -> None:
-    """Before any data is read, a transformer's or embed_lr's backbone must resolve (an unreachable Hub id stops in
-    seconds) and have room for max_len; ConfigError names `where` and the key."""
-    if cfg.kind not in ("transformer", "embed_lr"):
-        return
-    from .encoder import fits_backbone
-    try:
-        fits_backbone(cfg.options or cfg, section="params." if cfg.options else "")
-    except config.ConfigError as err:
-        raise config.ConfigError(f"{where}: {err}") from None
 
 
 @one_line_errors
@@ -174,13 +150,14 @@ def main(argv=None) -> None:
     args, overrides = ap.parse_known_args(argv)
     cfg = config.load(config.Model, args.model, config.parse_overrides(overrides))
     comp = config.load(config.Competition, args.competition)
+    from .encoder import check_backbone
     check_backbone(cfg, args.model)
     processed, out = Path(args.processed), Path(args.out_dir)
     train, test = pd.read_parquet(processed / "train.parquet"), pd.read_parquet(processed / "test.parquet")
     classes = classes_json(processed)["classes"]
     fold_of = read_fold_ids(args.folds, train["id"])
     pseudo = read_pseudo(args.pseudo, test["id"], len(classes), comp.multilabel) if args.pseudo else None
-    extra = read_extra(cfg.augment, Path(args.features))
+    extra = read_augmented(cfg.augment, Path(args.features))
     out.mkdir(parents=True, exist_ok=True)
     name = Path(args.model).stem
     n_pseudo = 0 if pseudo is None else int((pseudo["fold"] == args.fold).sum())

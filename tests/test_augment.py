@@ -9,6 +9,7 @@ import yaml
 
 from foldstack import augment, backtrans, config, eda
 from foldstack import train as train_stage
+from foldstack.io import read_augmented
 from foldstack.text import FIELD_SEP
 from tests.conftest import write_competition
 
@@ -299,7 +300,7 @@ def test_run_fold_uses_only_copies_of_training_side_rows_from_the_stage_output(t
     prep.main(["--competition=data/competition.yaml", "--out-dir=data/processed", "--workers=1"])
     train, test = pd.read_parquet("data/processed/train.parquet"), pd.read_parquet("data/processed/test.parquet")
     assert augment.run("eda", augment.Eda(n_aug=2), train, ws / "features" / "eda.parquet", workers=1)
-    extra = train_stage.read_extra(("eda",), ws / "features")
+    extra = read_augmented(("eda",), ws / "features")
     assert len(extra) > 30 and set(extra["src_id"]) <= set(train["id"])
     fold_of, captured = np.arange(len(train)) % 3, captured_fit
 

@@ -150,14 +150,15 @@ def test_makevars_renders_what_the_makefile_reads(tmp_path):
     comp, ens = tmp_path / "competition.yaml", tmp_path / "ensemble.yaml"
     comp.write_text("n_folds: 3\ntrain: raw/tr.csv\n")
     ens.write_text("methods: [mean, stack_lr]\nsubmit: mean\n")
-    (tmp_path / "m.yaml").write_text("kind: transformer\naugment: [eda]\n")
+    (tmp_path / "m.yaml").write_text("kind: transformer\naugment: [eda]\nfreeze_layers: 2\n")
     (tmp_path / "c.yaml").write_text("kind: tfidf_lr\n")
     pseudo = tmp_path / "pseudo.yaml"
     pseudo.write_text("retrain: null\n")
     models = [tmp_path / "m.yaml", tmp_path / "c.yaml"]
     lines = makevars.render(comp, models, ens, pseudo).splitlines()[1:]
     assert lines == ["N_FOLDS := 3", "RAW := raw/tr.csv data/raw/test.csv data/raw/sample_submission.csv",
-                     "DEPS_c :=", "DEPS_m := features/eda.parquet", "METHODS := mean stack_lr", "RETRAIN := c m"]
+                     "DEPS_c :=", "DEPS_m := features/eda.parquet", "CACHED := m", "METHODS := mean stack_lr",
+                     "RETRAIN := c m"]
     pseudo.write_text("retrain: [c]\n")  # m keeps its round-0 folds in every pseudo-label round
     assert makevars.render(comp, models, ens, pseudo).splitlines()[-1] == "RETRAIN := c"
     pseudo.write_text("retrain: [c, tfidf]\n")

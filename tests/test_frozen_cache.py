@@ -159,3 +159,51 @@ def test_make_cpu_isa_avx2_runs_every_recipe_as_an_avx2_only_cpu(tmp_path):
     assert done.stdout.split() == ["avx2", "AVX2", "AVX2", "AVX2", "None"]
     bad = subprocess.run([*cmd, "CPU_ISA=sse"], cwd=tmp_path, capture_output=True, text=True)
     assert bad.returncode != 0 and "CPU_ISA=sse: only avx2 is known" in bad.stderr
+
+
+def cache_workspace(tmp_path, tiny_bert):
+    from tests.conftest import FAST, workspace, write_competition
+    ws = workspace(tmp_path, {"text": ["text"], "label": "label", "n_folds": 3},
+                   {"frozen": {"backbone": str(tiny_bert), "freeze_layers": 1, "max_len": 32},
+                    "plain": {"backbone": str(tiny_bert), "max_len": 32},
+                    "emb": {"kind": "embed_lr", "params": {**FAST["embed_lr"], "backbone": str(tiny_bert)}},
+                    "svm": {"kind": "tfidf_svm", "params": FAST["tfidf_svm"]}})
+    write_competition(ws, n_folds=3)
+    return ws
+
+
+def test_make_folds_builds_each_shared_cache_as_its_own_job_before_the_folds(tmp_path, tiny_bert):
+    from tests.conftest import make
+    ws = cache_workspace(tmp_path, tiny_bert)
+    plan = make(ws, "folds", dry=True)
+    for model in ("frozen", "emb"):
+        built = plan.index(f"foldstack.cache --model=models/{model}.yaml --out=features/cache/{model}.json")
+        assert built < plan.index(f"foldstack.train --model=models/{model}.yaml --fold=0")
+    assert "models/plain.yaml --out" not in plan and "models/svm.yaml --out" not in plan, "no cache, no job"
+
+
+@pytest.mark.slow
+def test_the_cache_job_records_the_cache_its_folds_then_open(tmp_path, tiny_bert):
+    import json
+    from tests.conftest import make
+    ws = cache_workspace(tmp_path, tiny_bert)
+    make(ws, "features/cache/frozen.json", "features/cache/emb.json")
+    info = json.loads((ws / "features" / "cache" / "frozen.json").read_text())
+    meta = json.loads((ws / "features" / "cache" / info["cache"] / "meta.json").read_text())
+    assert info["bytes"] == meta["bytes"] > 0 and info["texts"] == 160
+    emb = json.loads((ws / "features" / "cache" / "emb.json").read_text())
+    assert emb["bytes"] == (ws / "features" / "cache" / emb["cache"]).stat().st_size
+    out = make(ws, "folds/frozen/fold0.npz")
+    assert "foldstack.cache" not in out and "opened in" in out, "the fold opens the cache the job built"
+    assert "foldstack.cache" not in make(ws, "folds", dry=True), "built once"
+    (ws / "features" / "cache" / "frozen.json").unlink()  # as in a workspace whose folds predate the cache job
+    plan = make(ws, "folds/frozen/fold0.npz", dry=True)
+    assert "foldstack.cache --model=models/frozen.yaml" in plan and "foldstack.train" not in plan, "folds kept"
+
+
+def test_the_cache_job_refuses_a_model_without_a_cache(tmp_path, tiny_bert):
+    ws = cache_workspace(tmp_path, tiny_bert)
+    done = subprocess.run([sys.executable, "-m", "foldstack.cache", "--model=models/svm.yaml", "--out=x.json"],
+                          cwd=ws, capture_output=True, text=True)
+    assert done.returncode != 0 and not (ws / "x.json").exists()
+    assert done.stderr.strip().splitlines()[-1].endswith("has no shared cache (freeze_layers: 0, or a classical kind)")

@@ -5,6 +5,7 @@
 2. an iFLYTEK-format fixture (TAB-separated, paperid/title/abstract/categories, sample_submit.csv);
 3. a multi-label fixture with one delimited label column.
 """
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -49,6 +50,8 @@ def test_demo_slice_end_to_end(demo_ws):
     assert report.count("most confident mistakes") == 4 and "true " in report
     caches = [d for d in (demo_ws / "features" / "cache").iterdir() if d.is_dir()]
     assert len(caches) == 1, "the frozen model's three folds share one cache"
+    built = json.loads((demo_ws / "features" / "cache" / "tiny_frozen.json").read_text())
+    assert built["cache"] == caches[0].name, "`make folds` built it as a job of its own (foldstack.cache)"
     assert (demo_ws / "data" / "processed" / "lengths.json").exists()
     for model in ("tiny_bert", "tiny_roberta", "tiny_frozen", "svm"):
         manifest = check_oof_contract(demo_ws, model, 240, 60, 3)
