@@ -28,10 +28,10 @@ from .labels import classes_json
 
 def describe(name: str, cache, texts: list[str]) -> dict:
     """What --out records: only what depends on the cache's content, so an unchanged cache re-runs no fold."""
-    meta = getattr(cache, "meta", {})
+    meta = getattr(cache, "meta", None)  # a frozen-layer cache's; embed_lr's table is one .npy file
     return {"model": name, "cache": cache.path.name, "texts": len(texts),
-            "bytes": meta.get("bytes", cache.path.stat().st_size if cache.path.is_file() else None),
-            "build_secs": round(meta["build_secs"], 1) if "build_secs" in meta else None}
+            "bytes": meta["bytes"] if meta else cache.path.stat().st_size,
+            "build_secs": round(meta["build_secs"], 1) if meta else None}
 
 
 @one_line_errors
@@ -55,8 +55,7 @@ def main(argv=None) -> None:
     cache = open_for_model(cfg, texts, Path(args.cache_dir), len(classes_json(processed)["classes"]))
     info = describe(Path(args.model).stem, cache, texts)
     save_json(args.out, info)
-    size = f"{info['bytes'] / 2**20:.0f} MiB" if info["bytes"] is not None else "size unknown"
-    print(f"cache {info['model']}: {info['cache']}, {len(texts)} texts, {size}, ready in "
+    print(f"cache {info['model']}: {info['cache']}, {len(texts)} texts, {info['bytes'] / 2**20:.0f} MiB, ready in "
           f"{time.perf_counter() - t0:.0f}s")
 
 

@@ -199,7 +199,7 @@ def open_or_build(cfg, texts: list[str], root: Path, n_classes: int) -> HiddenCa
 class PooledEmbeddings:
     """embed_lr's table: one mean-pooled embedding per text [n_texts, H], looked up by text."""
 
-    def __init__(self, table: np.ndarray, texts: list[str], path: Path | None = None):
+    def __init__(self, table: np.ndarray, texts: list[str], path: Path):
         self.table, self.index, self.width = table, {t: i for i, t in enumerate(texts)}, table.shape[1]
         self.path = path
 
