@@ -227,11 +227,17 @@ ensemble_args = --config=$(ENSEMBLE_CFG) --competition=$(COMP) --manifests $(cal
   --ensemble-dir=$(call edir,$(1)) --submissions=$(call round_dir,submissions,$(1))
 ENSEMBLE_ARGS = $(call ensemble_args,$(ROUND))
 
+# Transductive smoothing's neighbour graph (foldstack.neighbours), when ensemble.yaml's `neighbours` is above 0: built
+# once from the processed texts, read by every blend of every round.
+NEIGHBOURS := $(if $(NEIGHBOURS_K),features/neighbours.npz)
+features/neighbours.npz: $(call stamp,$(PROCESSED_ALL)) $(call source,$(ENSEMBLE_CFG))
+	$(PY) -m foldstack.neighbours --k=$(NEIGHBOURS_K) --out=$@
+
 # Per round $(1): each method's blend, the leaderboard, and any one method's submission
 # (`make submissions/caruana.csv`, `make submissions/r1/caruana.csv ROUND=1`).
 define ENSEMBLE_RULES
 $(patsubst %,$(call edir,$(1))/%/scores.json,$(METHODS)): $(call edir,$(1))/%/scores.json: \
-  $(call stamp,$(call manifests,$(1)) folds/folds.csv $(PROCESSED_ALL)) $(MEMBERS_STAMP) \
+  $(call stamp,$(call manifests,$(1)) folds/folds.csv $(PROCESSED_ALL) $(NEIGHBOURS)) $(MEMBERS_STAMP) \
   $(call source,$(ENSEMBLE_CFG) $(COMP))
 	$(ENSEMBLE) fit --method=$$* $(call ensemble_args,$(1))
 $(call edir,$(1))/leaderboard.json: $(call stamp,$(patsubst %,$(call edir,$(1))/%/scores.json,$(METHODS))) \
@@ -280,7 +286,7 @@ bench: $(PROCESSED) | $(SETUP)  ## foldstack vs HF Trainer vs the recipe's loop,
 	$(PY) $(ROOT)/bench/bench.py --train=$(PROCESSED) $(if $(MALLOC),--malloc=$(MALLOC)) $(BENCH_ARGS)
 
 clean:  ## remove generated artefacts (keeps data/raw, configs and .venv)
-	rm -rf data/processed folds/*/ folds/folds.csv features/*.parquet ensemble/*/ ensemble/leaderboard.json \
+	rm -rf data/processed folds/*/ folds/folds.csv features/*.parquet features/neighbours.npz ensemble/*/ ensemble/leaderboard.json \
 	  submissions/*.csv submissions/*.probs/ submissions/r*/ reports/ .stamps/ build/
 	rm -rf $(addprefix models/,$(MODELS)) features/cache $(PRETRAINS:%=models/pretrain/%)
 

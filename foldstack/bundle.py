@@ -4,9 +4,9 @@ Reads  the workspace's data/competition.yaml, data/processed/classes.json, ensem
        blender.pkl) and leaderboard.json, and for each of the method's members models/<m>.yaml and
        folds/<m>[/r<r>]/ (manifest.json and every fold's model file; the folder the round's leaderboard names),
        each transformer's tokenizer and config (an embed_lr member's whole encoder), WordNet when a member reads
-       lemmas
+       lemmas, data/processed/train.parquet when the blend smooths over neighbours (ensemble.yaml `neighbours`)
 Writes DIR/ laid out like a workspace of one round and one method:
-         data/competition.yaml  data/processed/classes.json  models/<m>.yaml  folds/<m>/{manifest.json,fold<k>.*}
+         data/competition.yaml  data/processed/{classes.json,train.parquet (id, text, labels)}  models/<m>.yaml  folds/<m>/{manifest.json,fold<k>.*}
          ensemble/<method>/{scores.json,blender.pkl}  backbones/<m>/  nltk_data/  wheels/foldstack-*.whl
          manifest.json (last): foldstack and library versions, the method, its members, each file's SHA-256
 Run    make export DIR=bundle [ROUND=r] [METHOD=m] [HALF=fp16|bf16]
@@ -162,6 +162,13 @@ def copy_member(layout: Layout, member: str, out: Path, half: str | None) -> Non
         save_backbone(cfg.options.backbone, out / "backbones" / member, weights=True)
 
 
+def copy_train_texts(src: Path, dest: Path) -> None:
+    """The train texts and labels, which a blend with neighbour smoothing votes with (foldstack.predict)."""
+    import pandas as pd
+    train = pd.read_parquet(src)
+    train[[c for c in ("id", "text", "label", "labels") if c in train]].to_parquet(dest, index=False)
+
+
 def save_backbone(name: str, dest: Path, weights: bool) -> None:
     """The tokenizer and the encoder's config (and with `weights` the encoder itself) into dest, offline-loadable."""
     from transformers import AutoConfig
@@ -241,6 +248,8 @@ def _fill(layout: Layout, method: str, members: list[str], out: Path, tmp: Path,
         (tmp / folder).mkdir(parents=True)
     shutil.copy(layout.competition, tmp / "data" / "competition.yaml")
     shutil.copy(layout.classes, tmp / "data" / "processed" / "classes.json")
+    if json.loads((layout.ensemble_dir / method / "scores.json").read_text()).get("neighbours"):
+        copy_train_texts(layout.classes.parent / "train.parquet", tmp / "data" / "processed" / "train.parquet")
     for name in ("scores.json", "blender.pkl"):
         shutil.copy(layout.ensemble_dir / method / name, tmp / "ensemble" / method / name)
     save_json(tmp / "ensemble" / "leaderboard.json", {"chosen": method})

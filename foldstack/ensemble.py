@@ -1,6 +1,7 @@
 """ensemble stage: the members' OOF + test arrays -> each method's blended OOF + test arrays, scored out-of-fold.
 
 Reads  ensemble/ensemble.yaml; per member folds/<m>/{manifest.json,oof.npy,test.npy,fold<k>.npz}; folds/folds.csv;
+       features/neighbours.npz (when ensemble.yaml's neighbours > 0: foldstack.neighbours);
        data/processed/{train.parquet,test.parquet,classes.json}; data/competition.yaml
 Writes ensemble/<method>/oof.npy      float32 [n_train, C]: row i predicted by a blender fitted without row i's fold
        ensemble/<method>/test.npy     float32 [n_test, C]: the blender fitted on every OOF row
@@ -54,6 +55,12 @@ class Ensemble:
     threshold_min_positives: int = 5        # rarer labels keep the global threshold
     n_jobs: int = 1                         # stack_lgbm's threads (more only pays on idle cores)
     seed: int = 42                          # of the stackers and the nested CV's inner splits
+    neighbours: float = 0.35                # transductive smoothing (0 = off): each member's row moves this far toward
+                                            # its nearest train+test rows' vote, kept per method where nested CV rises
+                                            # (foldstack.neighbours; docs/ensembles.md)
+    neighbours_k: int = 10                  # nearest rows (TF-IDF cosine over train and test texts) that vote
+    neighbours_power: float = 3.0           # a vote weighs similarity ** power: near-duplicates count most
+    neighbours_use: str = "best"            # best: each method keeps smoothing only if its nested CV rises | always
 
     def check(self) -> list[tuple[str, str]]:
         bad = []
@@ -62,11 +69,22 @@ class Ensemble:
         if self.submit != "best" and self.submit not in self.methods:
             bad.append(("submit", "must be best or one of methods"))
         choices = {"caruana_metric": ("metric", "log_loss"), "stack_features": ("logit", "prob"),
-                   "thresholds": ("per_label", "global", "none")}
+                   "thresholds": ("per_label", "global", "none"), "neighbours_use": ("best", "always")}
         bad += [(k, f"must be one of {', '.join(v)}") for k, v in choices.items() if getattr(self, k) not in v]
         if self.caruana_rounds < 1 or self.lgbm_n_estimators < 1:
             bad.append(("caruana_rounds", "rounds and lgbm_n_estimators must be at least 1"))
+        if not 0 <= self.neighbours < 1:
+            bad.append(("neighbours", "must be at least 0 (off) and below 1"))
+        if self.neighbours_k < 1 or self.neighbours_power < 0:
+            bad.append(("neighbours_k", "neighbours_k must be at least 1 and neighbours_power at least 0"))
         return bad
+
+    @property
+    def smoothing(self) -> dict | None:
+        """What scores.json records and predict re-applies: None when off."""
+        if not self.neighbours:
+            return None
+        return {"alpha": self.neighbours, "k": self.neighbours_k, "power": self.neighbours_power}
 
 
 def make_blender(method: str, cfg: Ensemble, metric: str, multilabel: bool):
@@ -92,6 +110,7 @@ class Members:
     fold_of: np.ndarray   # [n_train]
     classes: list[str]
     multilabel: bool
+    smoothed: Members | None = None  # the same members smoothed over their neighbours (ensemble.yaml neighbours)
 
 
 def select(manifests: list[str], cfg: Ensemble) -> list[tuple[str, Path]]:
@@ -128,7 +147,12 @@ def check_member(name: str, man: dict, oof_shape, test_shape, val_idx: list, ref
                              f"(trained on older folds? delete folds/{name} and re-run make folds)")
 
 
-def load_members(manifests: list[str], cfg: Ensemble, processed: Path, folds_csv: Path) -> Members:
+def load_members(manifests: list[str], cfg: Ensemble, processed: Path, folds_csv: Path,
+                 graph: Path | None = None) -> Members:
+    """Every member's OOF and test arrays, checked against the workspace; when ensemble.yaml's `neighbours` is
+    above 0 also smoothed over the neighbour graph (features/neighbours.npz), as Members.smoothed."""
+    from functools import partial
+
     import pandas as pd
 
     from .folds import read_fold_ids
@@ -139,19 +163,38 @@ def load_members(manifests: list[str], cfg: Ensemble, processed: Path, folds_csv
     n_test = len(pd.read_parquet(processed / "test.parquet", columns=["id"]))
     ref = {"classes": info["classes"], "n_train": len(train), "n_test": n_test,
            "fold_of": read_fold_ids(folds_csv, train["id"])}
-    names, oofs, tests = [], [], []
+    multilabel = info["task"] == "multilabel"
+    y = targets(train, len(info["classes"]), multilabel)
+    smooth = neighbour_smoother(cfg, graph, y, ref) if cfg.smoothing else None
+    names, oofs, tests, smoothed = [], [], [], []
     for name, path in select(manifests, cfg):
         man = json.loads(path.read_text())
         oof, test = np.load(path.parent / "oof.npy", mmap_mode="r"), np.load(path.parent / "test.npy", mmap_mode="r")
-        val_idx = []
+        val_idx, fold_tests = [], []
         for k in range(len(man["fold_scores"])):
             with np.load(path.parent / f"fold{k}.npz") as part:
                 val_idx.append(part["val_idx"])
+                fold_tests.append(part["test"].astype(np.float64) if smooth else None)
         check_member(name, man, oof.shape, test.shape, val_idx, ref)
-        names.append(name), oofs.append(np.asarray(oof)), tests.append(np.asarray(test))
-    multilabel = info["task"] == "multilabel"
-    return Members(names, np.stack(oofs, 1).astype(np.float64), np.stack(tests, 1).astype(np.float64),
-                   targets(train, len(info["classes"]), multilabel), ref["fold_of"], info["classes"], multilabel)
+        oof, test = np.asarray(oof, dtype=np.float64), np.asarray(test, dtype=np.float64)
+        names.append(name), oofs.append(oof), tests.append(test)
+        if smooth:
+            smoothed.append(smooth(oof, fold_tests, test))
+    members = partial(Members, names, y=y, fold_of=ref["fold_of"], classes=info["classes"], multilabel=multilabel)
+    return members(np.stack(oofs, 1), np.stack(tests, 1), smoothed=members(
+        np.stack([o for o, _ in smoothed], 1), np.stack([t for _, t in smoothed], 1)) if smooth else None)
+
+
+def neighbour_smoother(cfg: Ensemble, graph: Path | None, y: np.ndarray, ref: dict):
+    """(oof, fold_tests, test) -> the member's smoothed (oof, test), over the graph of foldstack.neighbours."""
+    from . import neighbours as nb
+    idx, sim = nb.load(graph or Path("features/neighbours.npz"), ref["n_train"], ref["n_test"])
+    labels, s = nb.one_hot(y, len(ref["classes"])), cfg.smoothing
+
+    def smooth(oof, fold_tests, test):
+        return (nb.smooth_oof(oof, ref["fold_of"], fold_tests, labels, idx, sim, s["alpha"], s["k"], s["power"]),
+                nb.smooth_test(test, labels, idx, sim, s["alpha"], s["k"], s["power"]))
+    return smooth
 
 
 def cross_predict(est, P: np.ndarray, y: np.ndarray, fold_of: np.ndarray) -> tuple[np.ndarray, list]:
@@ -178,13 +221,26 @@ def nested_cv(est, P, y, fold_of, tune=None) -> tuple[np.ndarray, list, dict]:
     return oof, fitted, thresholds
 
 
+def cross_fit(est, data: Members, metric: str, tune) -> dict:
+    """The nested CV of one blender on one set of member arrays: OOF, per-fold fits and thresholds, scores."""
+    from .blenders import decided_score
+    oof, fitted, fold_thr = nested_cv(est, data.oof, data.y, data.fold_of, tune)
+    row_thr = np.stack([fold_thr[int(k)] for k in data.fold_of]) if tune else 0.5  # [n, C]: each row's fold's
+    fold_scores = [decided_score(metric, data.y[data.fold_of == k], oof[data.fold_of == k], data.multilabel,
+                                 fold_thr.get(int(k), 0.5)) for k in np.unique(data.fold_of)]
+    return {"oof": oof, "fitted": fitted, "fold_thr": fold_thr, "fold_scores": fold_scores,
+            "cv": decided_score(metric, data.y, oof, data.multilabel, row_thr)}
+
+
 def run_method(method: str, cfg: Ensemble, metric: str, data: Members, out: Path) -> dict:
-    """Nested CV + final fit of one method; writes ensemble/<method>/ and returns its scores."""
+    """Nested CV + final fit of one method; writes ensemble/<method>/ and returns its scores. With neighbour
+    smoothing configured, the method is cross-fitted on the plain and on the smoothed members and keeps whichever
+    nested CV is better: smoothing lifted 20 Newsgroups and not Reuters (docs/ensembles.md)."""
     from functools import partial
 
     from sklearn.base import clone
 
-    from .blenders import decided_score, log_loss, tune_thresholds
+    from .blenders import log_loss, tune_thresholds
     from .io import atomic_path, save_json, save_npy
     start = time.perf_counter()
     est = make_blender(method, cfg, metric, data.multilabel)
@@ -193,17 +249,21 @@ def run_method(method: str, cfg: Ensemble, metric: str, data: Members, out: Path
     if tune and len(np.unique(data.fold_of)) < 3:  # the inner cross-prediction needs two folds besides fold k
         print(f"ensemble {method}: thresholds stay 0.5 (tuning them honestly needs at least 3 folds)")
         tune = None
-    oof, fitted, fold_thr = nested_cv(est, data.oof, data.y, data.fold_of, tune)
-    folds = np.unique(data.fold_of)
-    row_thr = np.stack([fold_thr[int(k)] for k in data.fold_of]) if tune else 0.5  # [n, C]: each row's fold's
-    fold_scores = [decided_score(metric, data.y[data.fold_of == k], oof[data.fold_of == k], data.multilabel,
-                                 fold_thr.get(int(k), 0.5)) for k in folds]
+    always = data.smoothed is not None and cfg.neighbours_use == "always"
+    plain = None if always else cross_fit(est, data, metric, tune)
+    fit, cv_by = plain, {} if always else {"off": plain["cv"]}
+    if data.smoothed is not None:
+        smoothed = cross_fit(est, data.smoothed, metric, tune)
+        cv_by["on"] = smoothed["cv"]
+        if always or metrics.better(metric, smoothed["cv"], plain["cv"]):
+            fit, data = smoothed, data.smoothed
+    oof, fitted, fold_thr = fit["oof"], fit["fitted"], fit["fold_thr"]
     final = clone(est).fit(data.oof, data.y)
     test = final.predict_proba(data.test)
     scores = {"method": method, "members": data.names, "classes": data.classes, "metric": metric,
-              "cv": decided_score(metric, data.y, oof, data.multilabel, row_thr), "fold_scores": fold_scores,
-              "cv_log_loss": log_loss(oof, data.y, data.multilabel), "n_train": len(oof), "n_test": len(test),
-              "config_hash": config.config_hash(cfg), "version": __version__}
+              "cv": fit["cv"], "fold_scores": fit["fold_scores"], "cv_log_loss": log_loss(oof, data.y, data.multilabel),
+              "n_train": len(oof), "n_test": len(test), "config_hash": config.config_hash(cfg), "version": __version__,
+              "neighbours": cfg.smoothing if fit is not plain else None, "cv_by_neighbours": cv_by}
     if data.multilabel:
         scores["cv_at_0.5"] = metrics.score(metric, data.y, oof, True)
         scores["thresholds"] = tune(oof, data.y).tolist() if tune else [0.5] * len(data.classes)
@@ -293,6 +353,8 @@ def main(argv=None) -> None:
     common.add_argument("--method", default=None, help="fit: the method; submit: a method instead of the chosen")
     common.add_argument("--submissions", default="submissions", help="where submissions go")
     common.add_argument("--solution", default="data/solution.csv", help="score: the test answers")
+    common.add_argument("--neighbours", default="features/neighbours.npz",
+                        help="fit: the neighbour graph (foldstack.neighbours), read when ensemble.yaml's neighbours > 0")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=config.keys_epilog("ensemble/ensemble.yaml", ("", Ensemble)))
     sub = ap.add_subparsers(dest="command", required=True)
@@ -317,11 +379,13 @@ def run(args, cfg: Ensemble, comp) -> None:
     if args.command == "fit":
         if args.method not in cfg.methods:
             raise InputError(f"{args.config}: --method={args.method} is not in methods {list(cfg.methods)}")
-        data = load_members(manifests, cfg, processed, Path(args.folds))
+        data = load_members(manifests, cfg, processed, Path(args.folds), Path(args.neighbours))
         s = run_method(args.method, cfg, comp.metric, data, ens_dir / args.method)
         print(f"ensemble {args.method}: nested CV {comp.metric} {s['cv']:.4f}  folds "
               + " ".join(f"{v:.4f}" for v in s["fold_scores"]) + f"  ({len(data.names)} members, {s['secs']:.0f}s)"
-              + (f"  weights {s['weights']}" if "weights" in s else ""))
+              + (f"  weights {s['weights']}" if "weights" in s else "")
+              + "".join(f"  {k} {v:.4f}" for k, v in s["cv_by_neighbours"].items() if "on" in s["cv_by_neighbours"])
+              + (f"  neighbour smoothing {'on' if s['neighbours'] else 'off'}" if "on" in s["cv_by_neighbours"] else ""))
     elif args.command == "leaderboard":
         board = build_leaderboard(cfg, manifests, ens_dir)
         save_json(ens_dir / "leaderboard.json", board)

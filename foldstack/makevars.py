@@ -3,7 +3,8 @@
 Reads  data/competition.yaml, every models/<m>.yaml, the ensemble and pseudo-label configs
 Writes build/vars.mk   N_FOLDS, RAW (the competition's files), DEPS_<m> (files model m's folds need beyond its YAML:
                        augmented sets, a `make pretrain` backbone), CACHED (the models whose folds share a cache
-                       built first: foldstack.cache), METHODS (the ensemble's blends), RETRAIN (the
+                       built first: foldstack.cache), METHODS (the ensemble's blends), NEIGHBOURS_K (the
+                       neighbour graph's k when the ensemble smooths over it, else empty), RETRAIN (the
                        models pseudo-label rounds retrain; the others keep their round-0 folds)
 Run    python -m foldstack.makevars --competition=data/competition.yaml --ensemble=ensemble/ensemble.yaml \
            --pseudo=features/pseudo.yaml --out=build/vars.mk models/*.yaml
@@ -64,6 +65,7 @@ def render(comp_path, model_paths: list[str], ensemble_path, pseudo_path) -> str
     lines.append(f"CACHED := {' '.join(cached)}".rstrip())
     ens = config.load(Ensemble, ensemble_path)
     lines.append(f"METHODS := {' '.join(ens.methods)}")
+    lines.append(f"NEIGHBOURS_K := {ens.neighbours_k if ens.neighbours else ''}".rstrip())
     lines.append(f"RETRAIN := {' '.join(retrained(pseudo_path, names))}".rstrip())
     return "\n".join(lines) + "\n"
 

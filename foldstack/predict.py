@@ -5,7 +5,8 @@ Reads  --test: a CSV/TSV with the competition's id and text columns and separato
        output has the id column and the competition's label column(s), in the test file's row order;
        from the workspace (or a bundle, --bundle): data/competition.yaml, data/processed/classes.json,
        ensemble[/r<r>]/<method>/{scores.json,blender.pkl} (default method: leaderboard.json's chosen), and for
-       each member of that method models/<m>.yaml and folds/<m>[/r<r>]/{manifest.json,fold<k>.safetensors|.joblib}
+       each member of that method models/<m>.yaml and folds/<m>[/r<r>]/{manifest.json,fold<k>.safetensors|.joblib};
+       data/processed/train.parquet when the blend smooths over neighbours (ensemble.yaml `neighbours`)
 Writes --out: the submission;  --probs-dir/<member>.npy and <method>.npy: test probabilities float32 [n, C] in
        the test file's row order
 Run    make predict TEST=new_test.csv [OUT=submissions/predict.csv] [ROUND=r] [METHOD=m] [SAMPLE=...]
@@ -15,7 +16,10 @@ Run    make predict TEST=new_test.csv [OUT=submissions/predict.csv] [ROUND=r] [M
 Each member predicts exactly as its folds did in training: the same prep (field joining, lemmas), the mean over
 its k fold models (and over seeds within a fold), then the blender fitted on all OOF rows. A frozen-layer member
 runs its frozen layers once for all folds into a temporary float16 cache, as training did, and each fold runs
-only its upper layers on it.
+only its upper layers on it. A blend fitted with neighbour smoothing smooths each member's probabilities as the
+ensemble stage did: over a graph of the train texts and the new texts (foldstack.neighbours), the train rows voting
+their labels (`--probs-dir` keeps the members' own, unsmoothed probabilities). Smoothing is transductive: a row's
+prediction depends on the other rows predicted with it, so predict a competition's whole test file at once.
 """
 from __future__ import annotations
 
@@ -171,6 +175,21 @@ def predict_members(layout: Layout, members: list[str], test: pd.DataFrame, comp
     return out
 
 
+def smooth_members(layout: Layout, smoothing: dict, probs: dict, test: pd.DataFrame, comp) -> dict:
+    """Each member's probabilities smoothed over the neighbours of the train and new texts, as in training."""
+    from . import neighbours as nb
+    from .labels import classes_json, targets
+    from .text import join_text
+    info = classes_json(layout.classes.parent)
+    multilabel = info["task"] == "multilabel"
+    train = pd.read_parquet(layout.classes.parent / "train.parquet",
+                            columns=["text", "labels" if multilabel else "label"])
+    idx, sim = nb.build(train["text"].tolist() + join_text(test, comp.text), smoothing["k"])
+    y = nb.one_hot(targets(train, len(info["classes"]), multilabel), len(info["classes"]))
+    return {m: nb.smooth_test(p.astype(np.float64), y, idx, sim, smoothing["alpha"], smoothing["k"],
+                              smoothing["power"]).astype(np.float32) for m, p in probs.items()}
+
+
 def blend(layout: Layout, method: str, probs: dict) -> tuple[np.ndarray, dict]:
     """The method's final blender (fitted on every OOF row) on the members' probabilities, in its member order."""
     folder = layout.ensemble_dir / method
@@ -195,8 +214,10 @@ def run(layout: Layout, test_path: Path, out: Path, probs_dir: Path | None, meth
         known = sorted(p.parent.name for p in layout.ensemble_dir.glob("*/scores.json"))
         raise InputError(f"{scores_path} not found: method {method!r} is not fitted here (fitted: "
                          f"{', '.join(known) or 'none; run make submit'})")
-    probs = predict_members(layout, json.loads(scores_path.read_text())["members"], test, comp, len(classes))
-    probs[method], scores = blend(layout, method, probs)
+    scores = json.loads(scores_path.read_text())
+    probs = predict_members(layout, scores["members"], test, comp, len(classes))
+    smoothed = smooth_members(layout, scores["neighbours"], probs, test, comp) if scores.get("neighbours") else probs
+    probs[method], scores = blend(layout, method, smoothed)
     thr = np.asarray(scores["thresholds"]) if "thresholds" in scores else 0.5
     sub = to_frame(probs[method], test[comp.id].to_numpy(), classes, comp, sample, thr)
     with atomic_path(out) as tmp:

@@ -183,7 +183,7 @@ def fake_workspace(ws, multilabel=False, n=90, n_test=20, k=3, members=("good", 
 def test_alignment_check_names_the_member_that_differs(tmp_path, monkeypatch):
     ws = fake_workspace(tmp_path)
     monkeypatch.chdir(ws)
-    cfg, proc, folds = ensemble.Ensemble(), ws / "data" / "processed", ws / "folds" / "folds.csv"
+    cfg, proc, folds = ensemble.Ensemble(neighbours=0), ws / "data" / "processed", ws / "folds" / "folds.csv"
     manifests = [str(p) for p in sorted(ws.glob("folds/*/manifest.json"))]
     assert ensemble.load_members(manifests, cfg, proc, folds).oof.shape == (90, 2, 3)
     weak = ws / "folds" / "weak"
@@ -207,7 +207,9 @@ def test_alignment_check_names_the_member_that_differs(tmp_path, monkeypatch):
 def ensemble_yaml(ws, **keys):
     path = ws / "ensemble" / "ensemble.yaml"
     path.parent.mkdir(exist_ok=True)
-    path.write_text(yaml.safe_dump({"lgbm_n_estimators": 30, "lgbm_min_child_samples": 5, "n_jobs": 1, **keys}))
+    # neighbours 0: fake_workspace has no texts to build a neighbour graph from (tests/test_neighbours.py has one)
+    path.write_text(yaml.safe_dump({"lgbm_n_estimators": 30, "lgbm_min_child_samples": 5, "n_jobs": 1,
+                                    "neighbours": 0.0, **keys}))
     return path
 
 

@@ -149,7 +149,7 @@ def test_makevars_renders_what_the_makefile_reads(tmp_path):
     from foldstack import makevars
     comp, ens = tmp_path / "competition.yaml", tmp_path / "ensemble.yaml"
     comp.write_text("n_folds: 3\ntrain: raw/tr.csv\n")
-    ens.write_text("methods: [mean, stack_lr]\nsubmit: mean\n")
+    ens.write_text("methods: [mean, stack_lr]\nsubmit: mean\nneighbours: 0.3\nneighbours_k: 7\n")
     (tmp_path / "m.yaml").write_text("kind: transformer\naugment: [eda]\nfreeze_layers: 2\n")
     (tmp_path / "c.yaml").write_text("kind: tfidf_lr\n")
     pseudo = tmp_path / "pseudo.yaml"
@@ -158,7 +158,7 @@ def test_makevars_renders_what_the_makefile_reads(tmp_path):
     lines = makevars.render(comp, models, ens, pseudo).splitlines()[1:]
     assert lines == ["N_FOLDS := 3", "RAW := raw/tr.csv data/raw/test.csv data/raw/sample_submission.csv",
                      "DEPS_c :=", "DEPS_m := features/eda.parquet", "CACHED := m", "METHODS := mean stack_lr",
-                     "RETRAIN := c m"]
+                     "NEIGHBOURS_K := 7", "RETRAIN := c m"]
     pseudo.write_text("retrain: [c]\n")  # m keeps its round-0 folds in every pseudo-label round
     assert makevars.render(comp, models, ens, pseudo).splitlines()[-1] == "RETRAIN := c"
     pseudo.write_text("retrain: [c, tfidf]\n")

@@ -9,7 +9,7 @@ from tests.conftest import ROOT
 RANKS = {
     0: "errors text io kinds config labels metrics estimators optim stamp resources runner demo",
     1: "batching encoder trainer fold_models hidden_cache classical blenders eda backtrans report_plots submit score",
-    2: "prep", 3: "lengths", 4: "folds", 5: "augment", 6: "pretrain", 7: "cache train", 8: "gather", 9: "ensemble",
+    2: "prep", 3: "lengths", 4: "folds", 5: "augment neighbours", 6: "pretrain", 7: "cache train", 8: "gather", 9: "ensemble",
     10: "pseudo", 11: "report report_html", 12: "bundle predict", 13: "cli makevars",
 }
 RANK = {name: r for r, names in RANKS.items() for name in names.split()}

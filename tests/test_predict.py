@@ -45,8 +45,10 @@ def trained(tmp_path_factory, tiny_bert):
     write_competition(ws, n_train=90, n_test=30)
     for name, keys in models_for(tiny_bert).items():
         (ws / "models" / f"{name}.yaml").write_text(yaml.safe_dump(keys))
+    # Neighbour smoothing off: it is transductive, so a subset of the test file (below) would be predicted from
+    # another graph; test_neighbour_smoothing_predicts_like_training... covers it.
     (ws / "ensemble" / "ensemble.yaml").write_text(yaml.safe_dump({"methods": ["mean", "stack_lr"],
-                                                                   "submit": "stack_lr"}))
+                                                                   "submit": "stack_lr", "neighbours": 0}))
     make(ws, "submit")
     return ws
 
@@ -114,6 +116,33 @@ def test_half_precision_bundle_is_smaller_and_agrees(trained, tmp_path):
     got, want = np.load(tmp_path / "probs" / "tiny_bert.npy"), np.load(trained / "folds" / "tiny_bert" / "test.npy")
     np.testing.assert_allclose(got, want, atol=2e-2)  # bf16 keeps 8 bits of mantissa
     assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9
+
+
+@pytest.mark.slow
+def test_neighbour_smoothing_predicts_like_training_in_the_workspace_and_a_bundle(tmp_path):
+    """A blend fitted on smoothed members (ensemble.yaml `neighbours`): predict rebuilds the graph over the train
+    texts and the new file's, and reproduces training's blend; a bundle carries the train texts it needs."""
+    ws = empty_workspace(tmp_path / "ws")
+    write_competition(ws, n_train=90, n_test=30)
+    for kind in ("tfidf_lr", "nbsvm"):
+        (ws / "models" / f"{kind}.yaml").write_text(yaml.safe_dump({"kind": kind, "params": FAST[kind]}))
+    (ws / "ensemble" / "ensemble.yaml").write_text(yaml.safe_dump(
+        {"methods": ["mean", "stack_lr"], "submit": "stack_lr", "neighbours": 0.4, "neighbours_k": 5,
+         "neighbours_use": "always"}))
+    assert "foldstack.neighbours --k=5" in make(ws, "submit")
+    assert json.loads((ws / "ensemble" / "stack_lr" / "scores.json").read_text())["neighbours"]["alpha"] == 0.4
+    make(ws, "export", f"DIR={tmp_path / 'bundle'}", "WHEELS=0")
+    assert (tmp_path / "bundle" / "data" / "processed" / "train.parquet").exists()
+    shutil.copy(ws / "data" / "raw" / "test.csv", tmp_path / "test.csv")
+    for where in (["--workspace", str(ws)], ["--bundle", str(tmp_path / "bundle")]):
+        run_predict(*where, "test.csv", "--out=sub.csv", "--probs-dir=probs", cwd=tmp_path)
+        for member in ("tfidf_lr", "nbsvm"):  # the members' own probabilities, unsmoothed
+            np.testing.assert_allclose(np.load(tmp_path / "probs" / f"{member}.npy"),
+                                       np.load(ws / "folds" / member / "test.npy"), atol=CLASSICAL_TOL)
+        np.testing.assert_allclose(np.load(tmp_path / "probs" / "stack_lr.npy"),
+                                   np.load(ws / "ensemble" / "stack_lr" / "test.npy"), atol=1e-4)
+        assert pd.read_csv(tmp_path / "sub.csv")["label"].tolist() == \
+            pd.read_csv(ws / "submissions" / "stack_lr.csv")["label"].tolist()
 
 
 @pytest.mark.slow

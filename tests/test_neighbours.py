@@ -1,0 +1,129 @@
+"""Transductive neighbour smoothing (foldstack.neighbours, ensemble.yaml `neighbours`): the graph finds near
+duplicates, a held-out fold's smoothed rows never see that fold's labels, and the ensemble refuses a stale graph."""
+import json
+
+import numpy as np
+import pytest
+
+from foldstack import ensemble
+from foldstack import neighbours as nb
+from foldstack.io import InputError
+from tests.test_ensemble import ensemble_yaml, fake_workspace
+
+
+def test_the_graph_finds_near_duplicates_and_never_the_row_itself():
+    texts = ["the hockey game went to overtime", "overtime in the hockey game tonight",
+             "a new graphics card driver", "the graphics card driver crashes", "hockey", ""]
+    idx, sim = nb.build(texts, k=2)
+    assert idx.shape == sim.shape == (6, 2) and idx.dtype == np.int32
+    assert (idx[0, 0], idx[1, 0], idx[2, 0], idx[3, 0]) == (1, 0, 3, 2)
+    assert all(i not in idx[i][sim[i] > 0] for i in range(6)), "a row never votes for itself"
+    assert sim[5].max() == 0, "an empty text has no similar row"
+    assert (np.diff(sim, axis=1) <= 1e-6).all(), "nearest first"
+    idx, sim = nb.build(texts[:2], k=3)  # fewer rows than k: the missing places cast no vote
+    assert sim[0, 1:].max() == 0 and idx[0, 0] == 1
+
+
+def random_case(n=60, n_test=20, C=3, k_folds=3, seed=0):
+    rng = np.random.default_rng(seed)
+    fold_of = rng.permutation(np.arange(n) % k_folds)
+    oof = rng.dirichlet(np.ones(C), n)
+    fold_tests = [rng.dirichlet(np.ones(C), n_test) for _ in range(k_folds)]
+    y = rng.integers(0, C, n)
+    idx = np.stack([rng.choice(np.delete(np.arange(n + n_test), i), 6, replace=False) for i in range(n + n_test)])
+    sim = np.sort(rng.uniform(0.1, 1, idx.shape))[:, ::-1].astype(np.float32)
+    return rng, fold_of, oof, fold_tests, y, idx.astype(np.int32), sim
+
+
+def test_a_held_out_fold_never_sees_its_own_labels():
+    rng, fold_of, oof, fold_tests, y, idx, sim = random_case()
+    args = dict(idx=idx, sim=sim, alpha=0.5, k=6, power=3.0)
+    base = nb.smooth_oof(oof, fold_of, fold_tests, nb.one_hot(y, 3), **args)
+    held = fold_of == 0
+    flipped = np.where(held, (y + 1) % 3, y)  # fold 0's labels change
+    moved = nb.smooth_oof(oof, fold_of, fold_tests, nb.one_hot(flipped, 3), **args)
+    np.testing.assert_array_equal(moved[held], base[held])
+    assert not np.allclose(moved[~held], base[~held]), "the other folds do vote with fold 0's labels"
+    # Nor do other folds' OOF rows or other folds' models' test predictions reach fold 0.
+    other_oof = np.where(held[:, None], oof, rng.dirichlet(np.ones(3), len(oof)))
+    other_tests = [fold_tests[0]] + [rng.dirichlet(np.ones(3), 20) for _ in range(2)]
+    again = nb.smooth_oof(other_oof, fold_of, other_tests, nb.one_hot(y, 3), **args)
+    np.testing.assert_array_equal(again[held], base[held])
+    np.testing.assert_allclose(base.sum(1), 1.0)
+    assert not np.allclose(base, oof)
+
+
+def test_smoothing_the_folds_mean_equals_the_mean_of_the_smoothed_folds():
+    _, _, _, fold_tests, y, idx, sim = random_case()
+    labels = nb.one_hot(y, 3)
+    each = np.mean([nb.smooth_test(t, labels, idx, sim, 0.4, 5, 2.0) for t in fold_tests], 0)
+    np.testing.assert_allclose(nb.smooth_test(np.mean(fold_tests, 0), labels, idx, sim, 0.4, 5, 2.0), each)
+
+
+def with_graph(ws, n=90, n_test=20, k=3, labels=None):
+    """fake_workspace's members given fold test predictions, and a neighbour graph file: random neighbours, or
+    given train labels, each train row's neighbours share its label (a graph that must help)."""
+    rng = np.random.default_rng(1)
+    for member in ("good", "weak"):
+        test = np.load(ws / "folds" / member / "test.npy")
+        for f in range(k):
+            with np.load(ws / "folds" / member / f"fold{f}.npz") as part:
+                val_idx = part["val_idx"]
+            np.savez(ws / "folds" / member / f"fold{f}.npz", val_idx=val_idx, test=test)
+    rows = np.arange(n + n_test)
+    pool = [np.flatnonzero(labels == labels[i]) if labels is not None and i < n else rows for i in rows]
+    idx = np.stack([rng.choice(np.setdiff1d(pool[i], [i]), 5, replace=False) for i in rows])
+    (ws / "features").mkdir()
+    np.savez(ws / "features" / "neighbours.npz", idx=idx.astype(np.int32), sim=np.full(idx.shape, 0.5, np.float32),
+             n_train=n, n_test=n_test, text_sha="x")
+    return ws / "features" / "neighbours.npz"
+
+
+def test_the_ensemble_smooths_every_member(tmp_path):
+    ws = fake_workspace(tmp_path)
+    graph = with_graph(ws)
+    manifests = [str(p) for p in sorted(ws.glob("folds/*/manifest.json"))]
+    proc, folds = ws / "data" / "processed", ws / "folds" / "folds.csv"
+    assert ensemble.load_members(manifests, ensemble.Ensemble(neighbours=0), proc, folds).smoothed is None
+    data = ensemble.load_members(manifests, ensemble.Ensemble(neighbours=0.5, neighbours_k=4), proc, folds, graph)
+    assert data.smoothed.oof.shape == data.oof.shape and not np.allclose(data.smoothed.oof, data.oof)
+    idx, sim = nb.load(graph, 90, 20)
+    want = nb.smooth_test(data.test[:, 1], nb.one_hot(data.y, 3), idx, sim, 0.5, 4, 3.0)
+    np.testing.assert_allclose(data.smoothed.test[:, 1], want)
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_a_method_keeps_smoothing_only_where_it_raises_nested_cv(tmp_path, monkeypatch, multilabel):
+    ws = fake_workspace(tmp_path, multilabel=multilabel)
+    monkeypatch.chdir(ws)
+    y = ensemble.load_members([str(p) for p in ws.glob("folds/*/manifest.json")], ensemble.Ensemble(neighbours=0),
+                              ws / "data" / "processed", ws / "folds" / "folds.csv").y
+    with_graph(ws, labels=y.argmax(1) if multilabel else y)  # neighbours that share the row's label
+    ensemble_yaml(ws, neighbours=0.5, neighbours_k=4, methods=["mean"], members=["weak"])  # good alone scores 1
+    ensemble.main(["fit", "--method=mean"])
+    scores = json.loads((ws / "ensemble" / "mean" / "scores.json").read_text())
+    assert scores["cv_by_neighbours"]["on"] > scores["cv_by_neighbours"]["off"]
+    assert scores["neighbours"] == {"alpha": 0.5, "k": 4, "power": 3.0} and scores["cv"] == \
+        scores["cv_by_neighbours"]["on"]
+    ensemble_yaml(ws, neighbours=0.5, neighbours_use="always", methods=["mean"], members=["weak"])
+    ensemble.main(["fit", "--method=mean"])
+    scores = json.loads((ws / "ensemble" / "mean" / "scores.json").read_text())
+    assert scores["neighbours"]["alpha"] == 0.5 and list(scores["cv_by_neighbours"]) == ["on"]
+    ensemble_yaml(ws, neighbours=0.0, methods=["mean"])  # off: one cross-fit, nothing recorded
+    ensemble.main(["fit", "--method=mean"])
+    scores = json.loads((ws / "ensemble" / "mean" / "scores.json").read_text())
+    assert scores["neighbours"] is None and list(scores["cv_by_neighbours"]) == ["off"]
+
+
+def test_a_graph_of_other_rows_is_refused_in_one_line(tmp_path, monkeypatch):
+    ws = fake_workspace(tmp_path)
+    graph = with_graph(ws, n_test=19)
+    with pytest.raises(InputError, match=r"neighbours.npz: built for other rows \(90 train \+ 19 test, now 90 \+ 20\)"):
+        nb.load(graph, 90, 20)
+    monkeypatch.chdir(ws)
+    ensemble_yaml(ws, neighbours=0.5)
+    with pytest.raises(SystemExit) as exc:
+        ensemble.main(["fit", "--method=mean"])
+    assert "built for other rows" in str(exc.value.code) and "\n" not in str(exc.value.code)
+    with pytest.raises(SystemExit, match="key 'neighbours' must be at least 0"):
+        ensemble.main(["fit", "--method=mean", "--config=" + str(ensemble_yaml(ws, neighbours=1.5))])
