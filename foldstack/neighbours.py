@@ -64,7 +64,10 @@ def vote(rows: np.ndarray, values: np.ndarray, idx: np.ndarray, sim: np.ndarray,
     at all (an empty text), so such a row keeps its prediction."""
     w = sim[rows, :k].astype(np.float64) ** power
     total = w.sum(1, keepdims=True)
-    agg = np.einsum("rk,rkc->rc", w, values[idx[rows, :k]])
+    agg = np.empty((len(rows), values.shape[1]))
+    step = max(1, 2 ** 24 // (k * values.shape[1]))  # rows per chunk: the gathered votes stay within ~128 MB
+    for s in range(0, len(rows), step):
+        agg[s:s + step] = np.einsum("rk,rkc->rc", w[s:s + step], values[idx[rows[s:s + step], :k]])
     return np.where(total > 0, agg / np.maximum(total, 1e-12), own)
 
 

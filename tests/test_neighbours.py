@@ -127,3 +127,14 @@ def test_a_graph_of_other_rows_is_refused_in_one_line(tmp_path, monkeypatch):
     assert "built for other rows" in str(exc.value.code) and "\n" not in str(exc.value.code)
     with pytest.raises(SystemExit, match="key 'neighbours' must be at least 0"):
         ensemble.main(["fit", "--method=mean", "--config=" + str(ensemble_yaml(ws, neighbours=1.5))])
+
+
+def test_the_vote_is_the_same_in_chunks():
+    rng = np.random.default_rng(2)
+    n, C, k = 1500, 4096, 8  # many classes: the vote runs in chunks of 512 rows
+    values, idx = rng.random((n, C)), rng.integers(0, n, (n, k))
+    sim = rng.random((n, k)).astype(np.float32)
+    rows = np.arange(n)
+    w = sim.astype(np.float64) ** 2
+    want = np.einsum("rk,rkc->rc", w, values[idx]) / w.sum(1)[:, None]
+    np.testing.assert_allclose(nb.vote(rows, values, idx, sim, k, 2.0, values), want)
