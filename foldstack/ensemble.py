@@ -1,7 +1,7 @@
 """ensemble stage: the members' OOF + test arrays -> each method's blended OOF + test arrays, scored out-of-fold.
 
 Reads  ensemble/ensemble.yaml; per member folds/<m>/{manifest.json,oof.npy,test.npy,fold<k>.npz}; folds/folds.csv;
-       features/neighbours.npz (when ensemble.yaml's neighbours > 0: foldstack.neighbours);
+       features/neighbours_k<k>.npz (when ensemble.yaml's neighbours > 0: foldstack.neighbours);
        data/processed/{train.parquet,test.parquet,classes.json}; data/competition.yaml
 Writes ensemble/<method>/oof.npy      float32 [n_train, C]: row i predicted by a blender fitted without row i's fold
        ensemble/<method>/test.npy     float32 [n_test, C]: the blender fitted on every OOF row
@@ -75,8 +75,10 @@ class Ensemble:
             bad.append(("caruana_rounds", "rounds and lgbm_n_estimators must be at least 1"))
         if not 0 <= self.neighbours < 1:
             bad.append(("neighbours", "must be at least 0 (off) and below 1"))
-        if self.neighbours_k < 1 or self.neighbours_power < 0:
-            bad.append(("neighbours_k", "neighbours_k must be at least 1 and neighbours_power at least 0"))
+        if self.neighbours_k < 1:
+            bad.append(("neighbours_k", "must be at least 1"))
+        if self.neighbours_power <= 0:
+            bad.append(("neighbours_power", "must be above 0"))
         return bad
 
     @property
@@ -150,7 +152,7 @@ def check_member(name: str, man: dict, oof_shape, test_shape, val_idx: list, ref
 def load_members(manifests: list[str], cfg: Ensemble, processed: Path, folds_csv: Path,
                  graph: Path | None = None) -> Members:
     """Every member's OOF and test arrays, checked against the workspace; when ensemble.yaml's `neighbours` is
-    above 0 also smoothed over the neighbour graph (features/neighbours.npz), as Members.smoothed."""
+    above 0 also smoothed over the neighbour graph `graph` (foldstack.neighbours), as Members.smoothed."""
     from functools import partial
 
     import pandas as pd
@@ -165,7 +167,7 @@ def load_members(manifests: list[str], cfg: Ensemble, processed: Path, folds_csv
            "fold_of": read_fold_ids(folds_csv, train["id"])}
     multilabel = info["task"] == "multilabel"
     y = targets(train, len(info["classes"]), multilabel)
-    smooth = neighbour_smoother(cfg, graph, y, ref) if cfg.smoothing else None
+    smooth = neighbour_smoother(cfg, graph, y, ref, processed) if cfg.smoothing else None
     names, oofs, tests, smoothed = [], [], [], []
     for name, path in select(manifests, cfg):
         man = json.loads(path.read_text())
@@ -181,14 +183,17 @@ def load_members(manifests: list[str], cfg: Ensemble, processed: Path, folds_csv
         if smooth:
             smoothed.append(smooth(oof, fold_tests, test))
     members = partial(Members, names, y=y, fold_of=ref["fold_of"], classes=info["classes"], multilabel=multilabel)
-    return members(np.stack(oofs, 1), np.stack(tests, 1), smoothed=members(
-        np.stack([o for o, _ in smoothed], 1), np.stack([t for _, t in smoothed], 1)) if smooth else None)
+    both = None
+    if smooth:
+        both = members(np.stack([o for o, _ in smoothed], 1), np.stack([t for _, t in smoothed], 1))
+    return members(np.stack(oofs, 1), np.stack(tests, 1), smoothed=both)
 
 
-def neighbour_smoother(cfg: Ensemble, graph: Path | None, y: np.ndarray, ref: dict):
+def neighbour_smoother(cfg: Ensemble, graph: Path, y: np.ndarray, ref: dict, processed: Path):
     """(oof, fold_tests, test) -> the member's smoothed (oof, test), over the graph of foldstack.neighbours."""
     from . import neighbours as nb
-    idx, sim = nb.load(graph or Path("features/neighbours.npz"), ref["n_train"], ref["n_test"])
+    texts = nb.read_texts(processed / "train.parquet") + nb.read_texts(processed / "test.parquet")
+    idx, sim = nb.load(graph, texts, ref["n_train"], cfg.neighbours_k)
     labels, s = nb.one_hot(y, len(ref["classes"])), cfg.smoothing
 
     def smooth(oof, fold_tests, test):
@@ -353,8 +358,8 @@ def main(argv=None) -> None:
     common.add_argument("--method", default=None, help="fit: the method; submit: a method instead of the chosen")
     common.add_argument("--submissions", default="submissions", help="where submissions go")
     common.add_argument("--solution", default="data/solution.csv", help="score: the test answers")
-    common.add_argument("--neighbours", default="features/neighbours.npz",
-                        help="fit: the neighbour graph (foldstack.neighbours), read when ensemble.yaml's neighbours > 0")
+    common.add_argument("--neighbours", default=None, help="fit: the neighbour graph (foldstack.neighbours), read "
+                        "when ensemble.yaml's neighbours > 0; default features/neighbours_k<neighbours_k>.npz")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=config.keys_epilog("ensemble/ensemble.yaml", ("", Ensemble)))
     sub = ap.add_subparsers(dest="command", required=True)
@@ -365,6 +370,15 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     cfg = config.load(Ensemble, args.config)
     run(args, cfg, config.load(config.Competition, args.competition))
+
+
+def neighbours_note(scores: dict) -> str:
+    """The fit line's tail: nested CV with and without neighbour smoothing, and which one the method kept."""
+    by = scores["cv_by_neighbours"]
+    if "on" not in by:
+        return ""
+    return "".join(f"  {k} {v:.4f}" for k, v in by.items()) + \
+        f"  neighbour smoothing {'on' if scores['neighbours'] else 'off'}"
 
 
 def run(args, cfg: Ensemble, comp) -> None:
@@ -379,13 +393,13 @@ def run(args, cfg: Ensemble, comp) -> None:
     if args.command == "fit":
         if args.method not in cfg.methods:
             raise InputError(f"{args.config}: --method={args.method} is not in methods {list(cfg.methods)}")
-        data = load_members(manifests, cfg, processed, Path(args.folds), Path(args.neighbours))
+        graph = Path(args.neighbours or f"features/neighbours_k{cfg.neighbours_k}.npz")
+        data = load_members(manifests, cfg, processed, Path(args.folds), graph)
         s = run_method(args.method, cfg, comp.metric, data, ens_dir / args.method)
         print(f"ensemble {args.method}: nested CV {comp.metric} {s['cv']:.4f}  folds "
               + " ".join(f"{v:.4f}" for v in s["fold_scores"]) + f"  ({len(data.names)} members, {s['secs']:.0f}s)"
               + (f"  weights {s['weights']}" if "weights" in s else "")
-              + "".join(f"  {k} {v:.4f}" for k, v in s["cv_by_neighbours"].items() if "on" in s["cv_by_neighbours"])
-              + (f"  neighbour smoothing {'on' if s['neighbours'] else 'off'}" if "on" in s["cv_by_neighbours"] else ""))
+              + neighbours_note(s))
     elif args.command == "leaderboard":
         board = build_leaderboard(cfg, manifests, ens_dir)
         save_json(ens_dir / "leaderboard.json", board)

@@ -1,10 +1,10 @@
 """neighbours stage: every train and test text -> its nearest texts (TF-IDF cosine), for transductive smoothing.
 
 Reads  data/processed/{train,test}.parquet (the joined `text` column)
-Writes features/neighbours.npz  idx int32 [n_train + n_test, k]: row i's nearest other rows, nearest first (train
+Writes features/neighbours_k<k>.npz  idx int32 [n_train + n_test, k]: row i's nearest other rows, nearest first (train
                                 rows 0..n_train-1, then the test rows); sim float32 [.., k]: their cosine
                                 similarity; n_train, n_test; text_sha (of the texts, to refuse a stale graph)
-Run    python -m foldstack.neighbours --k=10 --out=features/neighbours.npz
+Run    python -m foldstack.neighbours --k=10 --out=features/neighbours_k10.npz
        (make submit builds it, with ensemble.yaml's neighbours_k, when its `neighbours` is above 0)
 
 The ensemble stage (ensemble.yaml `neighbours`) moves each member's probabilities for a row toward the vote of its
@@ -43,9 +43,14 @@ def build(texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
     n = len(texts)
     # Words and bigrams, log-scaled counts; words in over half the texts say nothing about topic. min_df=2 drops
     # typos and ids that only lengthen the vectors, except on tiny data where it could empty the vocabulary.
+    from .io import InputError
     vec = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2 if n >= 100 else 1,
                           max_df=0.5 if n >= 100 else 1.0, dtype=np.float32)
-    X = vec.fit_transform(texts)
+    try:
+        X = vec.fit_transform(texts)
+    except ValueError as err:  # sklearn: "empty vocabulary" when no text has a word of two characters
+        raise InputError(f"no words to build a neighbour graph from ({err}); set neighbours: 0 in "
+                         f"ensemble.yaml") from None
     m = min(k + 1, n)
     dist, idx = NearestNeighbors(n_neighbors=m, metric="cosine", algorithm="brute").fit(X).kneighbors(X)
     sim = np.clip(1.0 - dist, 0.0, 1.0).astype(np.float32)
@@ -62,7 +67,7 @@ def vote(rows: np.ndarray, values: np.ndarray, idx: np.ndarray, sim: np.ndarray,
          own: np.ndarray) -> np.ndarray:
     """The similarity-weighted mean of `values` over each row's k neighbours; `own` where no neighbour is similar
     at all (an empty text), so such a row keeps its prediction."""
-    w = sim[rows, :k].astype(np.float64) ** power
+    w = sim[rows, :k].astype(np.float64) ** power  # power > 0: a place with similarity 0 (padding) never votes
     total = w.sum(1, keepdims=True)
     agg = np.empty((len(rows), values.shape[1]))
     step = max(1, 2 ** 24 // (k * values.shape[1]))  # rows per chunk: the gathered votes stay within ~128 MB
@@ -81,8 +86,7 @@ def smooth_oof(oof: np.ndarray, fold_of: np.ndarray, fold_tests: list[np.ndarray
         held = fold_of == k_fold
         values = np.concatenate([np.where(held[:, None], oof, y), test_k])
         rows = np.flatnonzero(held)
-        out[rows] = (1 - alpha) * oof[rows] + alpha * vote(rows, values, idx[:n + len(test_k)], sim, k, power,
-                                                            oof[rows])
+        out[rows] = (1 - alpha) * oof[rows] + alpha * vote(rows, values, idx, sim, k, power, oof[rows])
     return out
 
 
@@ -98,35 +102,49 @@ def smooth_test(test: np.ndarray, y: np.ndarray, idx: np.ndarray, sim: np.ndarra
 
 def one_hot(y: np.ndarray, n_classes: int) -> np.ndarray:
     """Class indices [n] -> one-hot [n, C]; a 0/1 matrix (multi-label) is returned as floats."""
-    return y.astype(np.float64) if y.ndim == 2 else np.eye(n_classes)[y]
+    if y.ndim == 2:
+        return y.astype(np.float64)
+    out = np.zeros((len(y), n_classes))
+    out[np.arange(len(y)), y] = 1.0
+    return out
 
 
-def load(path: Path, n_train: int, n_test: int, sha: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(idx, sim) of features/neighbours.npz; InputError when it was built for other rows or texts."""
+def load(path: Path, texts: list[str], n_train: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(idx, sim) of a graph file (features/neighbours_k<k>.npz), which must have been built from `texts` (train then test rows) with at
+    least k neighbours per row; InputError otherwise."""
     from .io import InputError
     if not path.exists():
         raise InputError(f"{path} not found: ensemble.yaml's neighbours needs it (make {path})")
     with np.load(path) as z:
-        if (int(z["n_train"]), int(z["n_test"])) != (n_train, n_test) or (sha and str(z["text_sha"]) != sha):
-            raise InputError(f"{path}: built for other rows ({int(z['n_train'])} train + {int(z['n_test'])} test, "
-                             f"now {n_train} + {n_test}) or texts; delete it and re-run make submit")
+        built = f"{int(z['n_train'])} train + {int(z['n_test'])} test rows, {z['idx'].shape[1]} neighbours each"
+        if (int(z["n_train"]), int(z["n_test"])) != (n_train, len(texts) - n_train) or \
+                str(z["text_sha"]) != text_sha(texts) or z["idx"].shape[1] < k:
+            raise InputError(f"{path}: built for other texts or a smaller neighbours_k ({built}; now "
+                             f"{n_train} + {len(texts) - n_train}, k {k}); delete it and re-run make submit")
         return z["idx"], z["sim"]
+
+
+def read_texts(path: Path) -> list[str]:
+    """The joined `text` column of a processed table (prep's); InputError when the file is missing."""
+    import pandas as pd
+
+    from .io import InputError
+    if not path.exists():
+        raise InputError(f"{path} not found: run make prep first")
+    return pd.read_parquet(path, columns=["text"])["text"].tolist()
 
 
 @one_line_errors
 def main(argv=None) -> None:
     import time
 
-    import pandas as pd
-
     from .io import atomic_path
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--k", type=int, required=True, help="neighbours per row (ensemble.yaml neighbours_k)")
     config.add_path_options(ap, "processed")
-    ap.add_argument("--out", default="features/neighbours.npz", help="the graph to write")
+    ap.add_argument("--out", required=True, help="the graph to write (features/neighbours_k<k>.npz)")
     args = ap.parse_args(argv)
-    processed = Path(args.processed)
-    texts = [pd.read_parquet(processed / f"{s}.parquet", columns=["text"])["text"].tolist() for s in ("train", "test")]
+    texts = [read_texts(Path(args.processed) / f"{s}.parquet") for s in ("train", "test")]
     start = time.perf_counter()
     idx, sim = build(texts[0] + texts[1], args.k)
     with atomic_path(Path(args.out)) as tmp:

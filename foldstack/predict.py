@@ -182,12 +182,15 @@ def smooth_members(layout: Layout, smoothing: dict, probs: dict, test: pd.DataFr
     from .text import join_text
     info = classes_json(layout.classes.parent)
     multilabel = info["task"] == "multilabel"
-    train = pd.read_parquet(layout.classes.parent / "train.parquet",
-                            columns=["text", "labels" if multilabel else "label"])
+    path = layout.classes.parent / "train.parquet"
+    if not path.exists():
+        raise InputError(f"{path} not found: the blend smooths over the train texts' neighbours (make prep)")
+    train = pd.read_parquet(path, columns=["text", "labels" if multilabel else "label"])
     idx, sim = nb.build(train["text"].tolist() + join_text(test, comp.text), smoothing["k"])
     y = nb.one_hot(targets(train, len(info["classes"]), multilabel), len(info["classes"]))
+    # float64 into the blender, as in training: a row on a threshold must not flip
     return {m: nb.smooth_test(p.astype(np.float64), y, idx, sim, smoothing["alpha"], smoothing["k"],
-                              smoothing["power"]).astype(np.float32) for m, p in probs.items()}
+                              smoothing["power"]) for m, p in probs.items()}
 
 
 def blend(layout: Layout, method: str, probs: dict) -> tuple[np.ndarray, dict]:

@@ -165,8 +165,12 @@ def member_fold_tests(manifests: list[str], ens_cfg, n_folds: int) -> np.ndarray
 
 def load_teachers(args, cfg: Pseudo, ens_cfg) -> tuple[np.ndarray, np.ndarray, bool]:
     """(teachers [K, n, C], members [K, M, n, C], multilabel) of the round that args.manifests describe."""
+    import dataclasses
+
     from .ensemble import load_members
-    data = load_members(args.manifests, ens_cfg, Path(args.processed), Path(args.folds))  # the alignment check
+    # The alignment check and the plain members: the teachers never read neighbour-smoothed probabilities.
+    data = load_members(args.manifests, dataclasses.replace(ens_cfg, neighbours=0.0), Path(args.processed),
+                        Path(args.folds))
     n_folds = int(data.fold_of.max()) + 1
     if cfg.teacher == "per_fold":
         members = member_fold_tests(args.manifests, ens_cfg, n_folds).astype(np.float64)

@@ -3,6 +3,7 @@ duplicates, a held-out fold's smoothed rows never see that fold's labels, and th
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from foldstack import ensemble
@@ -22,6 +23,8 @@ def test_the_graph_finds_near_duplicates_and_never_the_row_itself():
     assert (np.diff(sim, axis=1) <= 1e-6).all(), "nearest first"
     idx, sim = nb.build(texts[:2], k=3)  # fewer rows than k: the missing places cast no vote
     assert sim[0, 1:].max() == 0 and idx[0, 0] == 1
+    with pytest.raises(InputError, match=r"^no words to build a neighbour graph from .*set neighbours: 0"):
+        nb.build(["a", "b", ""], k=2)  # single letters only: TF-IDF has no vocabulary
 
 
 def random_case(n=60, n_test=20, C=3, k_folds=3, seed=0):
@@ -70,12 +73,19 @@ def with_graph(ws, n=90, n_test=20, k=3, labels=None):
             with np.load(ws / "folds" / member / f"fold{f}.npz") as part:
                 val_idx = part["val_idx"]
             np.savez(ws / "folds" / member / f"fold{f}.npz", val_idx=val_idx, test=test)
+    texts = []
+    for part in ("train", "test"):  # fake_workspace's processed tables get the text column the graph is built from
+        path = ws / "data" / "processed" / f"{part}.parquet"
+        table = pd.read_parquet(path)
+        table["text"] = [f"{part} text {i}" for i in range(len(table))]
+        table.to_parquet(path)
+        texts += table["text"].tolist()
     rows = np.arange(n + n_test)
     pool = [np.flatnonzero(labels == labels[i]) if labels is not None and i < n else rows for i in rows]
     idx = np.stack([rng.choice(np.setdiff1d(pool[i], [i]), 5, replace=False) for i in rows])
     (ws / "features").mkdir()
     np.savez(ws / "features" / "neighbours.npz", idx=idx.astype(np.int32), sim=np.full(idx.shape, 0.5, np.float32),
-             n_train=n, n_test=n_test, text_sha="x")
+             n_train=n, n_test=len(texts) - n, text_sha=nb.text_sha(texts))
     return ws / "features" / "neighbours.npz"
 
 
@@ -87,7 +97,8 @@ def test_the_ensemble_smooths_every_member(tmp_path):
     assert ensemble.load_members(manifests, ensemble.Ensemble(neighbours=0), proc, folds).smoothed is None
     data = ensemble.load_members(manifests, ensemble.Ensemble(neighbours=0.5, neighbours_k=4), proc, folds, graph)
     assert data.smoothed.oof.shape == data.oof.shape and not np.allclose(data.smoothed.oof, data.oof)
-    idx, sim = nb.load(graph, 90, 20)
+    texts = [f"train text {i}" for i in range(90)] + [f"test text {i}" for i in range(20)]
+    idx, sim = nb.load(graph, texts, 90, 4)
     want = nb.smooth_test(data.test[:, 1], nb.one_hot(data.y, 3), idx, sim, 0.5, 4, 3.0)
     np.testing.assert_allclose(data.smoothed.test[:, 1], want)
 
@@ -100,33 +111,39 @@ def test_a_method_keeps_smoothing_only_where_it_raises_nested_cv(tmp_path, monke
                               ws / "data" / "processed", ws / "folds" / "folds.csv").y
     with_graph(ws, labels=y.argmax(1) if multilabel else y)  # neighbours that share the row's label
     ensemble_yaml(ws, neighbours=0.5, neighbours_k=4, methods=["mean"], members=["weak"])  # good alone scores 1
-    ensemble.main(["fit", "--method=mean"])
+    ensemble.main(["fit", "--method=mean", "--neighbours=features/neighbours.npz"])
     scores = json.loads((ws / "ensemble" / "mean" / "scores.json").read_text())
     assert scores["cv_by_neighbours"]["on"] > scores["cv_by_neighbours"]["off"]
     assert scores["neighbours"] == {"alpha": 0.5, "k": 4, "power": 3.0} and scores["cv"] == \
         scores["cv_by_neighbours"]["on"]
-    ensemble_yaml(ws, neighbours=0.5, neighbours_use="always", methods=["mean"], members=["weak"])
-    ensemble.main(["fit", "--method=mean"])
+    ensemble_yaml(ws, neighbours=0.5, neighbours_k=4, neighbours_use="always", methods=["mean"], members=["weak"])
+    ensemble.main(["fit", "--method=mean", "--neighbours=features/neighbours.npz"])
     scores = json.loads((ws / "ensemble" / "mean" / "scores.json").read_text())
     assert scores["neighbours"]["alpha"] == 0.5 and list(scores["cv_by_neighbours"]) == ["on"]
     ensemble_yaml(ws, neighbours=0.0, methods=["mean"])  # off: one cross-fit, nothing recorded
-    ensemble.main(["fit", "--method=mean"])
+    ensemble.main(["fit", "--method=mean", "--neighbours=features/neighbours.npz"])
     scores = json.loads((ws / "ensemble" / "mean" / "scores.json").read_text())
     assert scores["neighbours"] is None and list(scores["cv_by_neighbours"]) == ["off"]
 
 
-def test_a_graph_of_other_rows_is_refused_in_one_line(tmp_path, monkeypatch):
+def test_a_graph_of_other_texts_or_fewer_neighbours_is_refused_in_one_line(tmp_path, monkeypatch):
     ws = fake_workspace(tmp_path)
-    graph = with_graph(ws, n_test=19)
-    with pytest.raises(InputError, match=r"neighbours.npz: built for other rows \(90 train \+ 19 test, now 90 \+ 20\)"):
-        nb.load(graph, 90, 20)
+    graph = with_graph(ws)
+    texts = [f"train text {i}" for i in range(90)] + [f"test text {i}" for i in range(20)]
+    assert nb.load(graph, texts, 90, 5)[0].shape == (110, 5)
+    for other, k in ((texts[:-1], 5), (texts[:-1] + ["edited"], 5), (texts, 6)):
+        with pytest.raises(InputError, match=r"neighbours.npz: built for other texts or a smaller neighbours_k "
+                                             r"\(90 train \+ 20 test rows, 5 neighbours each"):
+            nb.load(graph, other, 90, k)
     monkeypatch.chdir(ws)
-    ensemble_yaml(ws, neighbours=0.5)
+    ensemble_yaml(ws, neighbours=0.5, neighbours_k=6)
     with pytest.raises(SystemExit) as exc:
-        ensemble.main(["fit", "--method=mean"])
-    assert "built for other rows" in str(exc.value.code) and "\n" not in str(exc.value.code)
+        ensemble.main(["fit", "--method=mean", "--neighbours=features/neighbours.npz"])
+    assert "built for other texts" in str(exc.value.code) and "\n" not in str(exc.value.code)
     with pytest.raises(SystemExit, match="key 'neighbours' must be at least 0"):
         ensemble.main(["fit", "--method=mean", "--config=" + str(ensemble_yaml(ws, neighbours=1.5))])
+    with pytest.raises(SystemExit, match="key 'neighbours_power' must be above 0"):  # 0 ** 0 would let padding vote
+        ensemble.main(["fit", "--method=mean", "--config=" + str(ensemble_yaml(ws, neighbours_power=0))])
 
 
 def test_the_vote_is_the_same_in_chunks():

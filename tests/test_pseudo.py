@@ -184,9 +184,11 @@ def test_per_fold_teacher_labels_fold_k_from_fold_k_models_only(tmp_path, monkey
     signed_round(ws)
     (ws / "features").mkdir()
     (ws / "features" / "pseudo.yaml").write_text(yaml.safe_dump({"threshold": 0.85, "max_fraction": 0.5}))
-    ensemble_yaml(ws, methods=["mean"])
+    # neighbour smoothing on, and no graph here: the teachers read the members' own probabilities, never smoothed
+    ensemble_yaml(ws, methods=["mean"], neighbours=0.35)
     args = ["select", "--manifests", "folds/good/manifest.json", "folds/weak/manifest.json"]
     pseudo.main([*args, "--out=features/pseudo_r1.parquet"])
+    ensemble_yaml(ws, methods=["mean"])
     df = pd.read_parquet("features/pseudo_r1.parquet")
     assert sorted(df.columns) == ["confidence", "fold", "id", "label"]
     for k in range(3):
