@@ -289,7 +289,7 @@ bench: $(PROCESSED) | $(SETUP)  ## foldstack vs HF Trainer vs the recipe's loop,
 	$(PY) $(ROOT)/bench/bench.py --train=$(PROCESSED) $(if $(MALLOC),--malloc=$(MALLOC)) $(BENCH_ARGS)
 
 clean:  ## remove generated artefacts (keeps data/raw, configs and .venv)
-	rm -rf data/processed folds/*/ folds/folds.csv features/*.parquet features/neighbours_k*.npz ensemble/*/ ensemble/leaderboard.json \
+	rm -rf data/processed folds/*/ folds/folds.csv features/*.parquet features/neighbours*.npz ensemble/*/ ensemble/leaderboard.json \
 	  submissions/*.csv submissions/*.probs/ submissions/r*/ reports/ .stamps/ build/
 	rm -rf $(addprefix models/,$(MODELS)) features/cache $(PRETRAINS:%=models/pretrain/%)
 

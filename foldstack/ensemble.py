@@ -189,9 +189,10 @@ def load_members(manifests: list[str], cfg: Ensemble, processed: Path, folds_csv
     return members(np.stack(oofs, 1), np.stack(tests, 1), smoothed=both)
 
 
-def neighbour_smoother(cfg: Ensemble, graph: Path, y: np.ndarray, ref: dict, processed: Path):
+def neighbour_smoother(cfg: Ensemble, graph: Path | None, y: np.ndarray, ref: dict, processed: Path):
     """(oof, fold_tests, test) -> the member's smoothed (oof, test), over the graph of foldstack.neighbours."""
     from . import neighbours as nb
+    graph = graph or Path(f"features/neighbours_k{cfg.neighbours_k}.npz")
     texts = nb.read_texts(processed / "train.parquet") + nb.read_texts(processed / "test.parquet")
     idx, sim = nb.load(graph, texts, ref["n_train"], cfg.neighbours_k)
     labels, s = nb.one_hot(y, len(ref["classes"])), cfg.smoothing

@@ -1,9 +1,9 @@
 """neighbours stage: every train and test text -> its nearest texts (TF-IDF cosine), for transductive smoothing.
 
 Reads  data/processed/{train,test}.parquet (the joined `text` column)
-Writes features/neighbours_k<k>.npz  idx int32 [n_train + n_test, k]: row i's nearest other rows, nearest first (train
-                                rows 0..n_train-1, then the test rows); sim float32 [.., k]: their cosine
-                                similarity; n_train, n_test; text_sha (of the texts, to refuse a stale graph)
+Writes features/neighbours_k<k>.npz  idx int32 [n_train + n_test, k]: row i's nearest other rows, nearest first
+                                    (train rows 0..n_train-1, then the test rows); sim float32 [.., k]: their
+                                    cosine similarity; n_train, n_test; text_sha (to refuse a stale graph)
 Run    python -m foldstack.neighbours --k=10 --out=features/neighbours_k10.npz
        (make submit builds it, with ensemble.yaml's neighbours_k, when its `neighbours` is above 0)
 
@@ -40,10 +40,11 @@ def build(texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
     Fewer than k + 1 texts: the missing places point at the row itself with similarity 0 (they cast no vote)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.neighbors import NearestNeighbors
+
+    from .io import InputError
     n = len(texts)
     # Words and bigrams, log-scaled counts; words in over half the texts say nothing about topic. min_df=2 drops
     # typos and ids that only lengthen the vectors, except on tiny data where it could empty the vocabulary.
-    from .io import InputError
     vec = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2 if n >= 100 else 1,
                           max_df=0.5 if n >= 100 else 1.0, dtype=np.float32)
     try:
@@ -80,7 +81,6 @@ def smooth_oof(oof: np.ndarray, fold_of: np.ndarray, fold_tests: list[np.ndarray
                idx: np.ndarray, sim: np.ndarray, alpha: float, k: int, power: float) -> np.ndarray:
     """A member's OOF [n_train, C], each fold's rows moved `alpha` toward their neighbours' vote: the other folds'
     labels (y one-hot or 0/1 [n_train, C]), fold k's OOF rows and fold k's test predictions fold_tests[k]."""
-    n = len(oof)
     out = oof.copy()
     for k_fold, test_k in enumerate(fold_tests):
         held = fold_of == k_fold
@@ -110,8 +110,8 @@ def one_hot(y: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def load(path: Path, texts: list[str], n_train: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(idx, sim) of a graph file (features/neighbours_k<k>.npz), which must have been built from `texts` (train then test rows) with at
-    least k neighbours per row; InputError otherwise."""
+    """(idx, sim) of a graph file (features/neighbours_k<k>.npz), which must have been built from `texts` (train
+    then test rows) with at least k neighbours per row; InputError otherwise."""
     from .io import InputError
     if not path.exists():
         raise InputError(f"{path} not found: ensemble.yaml's neighbours needs it (make {path})")
