@@ -193,13 +193,11 @@ def smooth_members(layout: Layout, smoothing: dict, probs: dict, test: pd.DataFr
                               smoothing["power"]) for m, p in probs.items()}
 
 
-def blend(layout: Layout, method: str, probs: dict) -> tuple[np.ndarray, dict]:
+def blend(layout: Layout, method: str, members: list[str], probs: dict) -> np.ndarray:
     """The method's final blender (fitted on every OOF row) on the members' probabilities, in its member order."""
-    folder = layout.ensemble_dir / method
-    scores = json.loads((folder / "scores.json").read_text())
-    P = np.stack([probs[m] for m in scores["members"]], axis=1).astype(np.float64)
-    blender = pickle.loads((folder / "blender.pkl").read_bytes())  # trusted: see foldstack.bundle
-    return np.asarray(blender.predict_proba(P), dtype=np.float32), scores
+    P = np.stack([probs[m] for m in members], axis=1).astype(np.float64)
+    blender = pickle.loads((layout.ensemble_dir / method / "blender.pkl").read_bytes())  # trusted: foldstack.bundle
+    return np.asarray(blender.predict_proba(P), dtype=np.float32)
 
 
 def run(layout: Layout, test_path: Path, out: Path, probs_dir: Path | None, method: str | None,
@@ -220,7 +218,7 @@ def run(layout: Layout, test_path: Path, out: Path, probs_dir: Path | None, meth
     scores = json.loads(scores_path.read_text())
     probs = predict_members(layout, scores["members"], test, comp, len(classes))
     smoothed = smooth_members(layout, scores["neighbours"], probs, test, comp) if scores.get("neighbours") else probs
-    probs[method], scores = blend(layout, method, smoothed)
+    probs[method] = blend(layout, method, scores["members"], smoothed)
     thr = np.asarray(scores["thresholds"]) if "thresholds" in scores else 0.5
     sub = to_frame(probs[method], test[comp.id].to_numpy(), classes, comp, sample, thr)
     with atomic_path(out) as tmp:
