@@ -235,14 +235,24 @@ ifneq ($(NEIGHBOURS),)
 $(NEIGHBOURS): $(call stamp,$(PROCESSED_ALL))
 	$(PY) -m foldstack.neighbours --k=$(NEIGHBOURS_K) --out=$@
 endif
+# The second graph (`neighbours_embed`): nearest rows by the sentence embeddings of the embed_lr member
+# NEIGHBOURS_EMBED_MODEL, read from the cache its folds built (so it costs seconds, not an encoder pass).
+NEIGHBOURS_EMBED := $(if $(NEIGHBOURS_EMBED_MODEL),features/neighbours_k$(NEIGHBOURS_EMBED_K)_$(NEIGHBOURS_EMBED_MODEL).npz)
+ifneq ($(NEIGHBOURS_EMBED),)
+$(NEIGHBOURS_EMBED): $(call stamp,$(PROCESSED_ALL) $(DEPS_$(NEIGHBOURS_EMBED_MODEL))) \
+  $(call source,models/$(NEIGHBOURS_EMBED_MODEL).yaml) $(call cache_json,$(NEIGHBOURS_EMBED_MODEL))
+	$(fold_env) $(PY) -m foldstack.neighbours --k=$(NEIGHBOURS_EMBED_K) --embed-model=models/$(NEIGHBOURS_EMBED_MODEL).yaml \
+	  --cache-dir=features/cache --out=$@
+endif
 
 # Per round $(1): each method's blend, the leaderboard, and any one method's submission
 # (`make submissions/caruana.csv`, `make submissions/r1/caruana.csv ROUND=1`).
 define ENSEMBLE_RULES
 $(patsubst %,$(call edir,$(1))/%/scores.json,$(METHODS)): $(call edir,$(1))/%/scores.json: \
-  $(call stamp,$(call manifests,$(1)) folds/folds.csv $(PROCESSED_ALL) $(NEIGHBOURS)) $(MEMBERS_STAMP) \
-  $(call source,$(ENSEMBLE_CFG) $(COMP))
-	$(ENSEMBLE) fit --method=$$* $(call ensemble_args,$(1)) $(if $(NEIGHBOURS),--neighbours=$(NEIGHBOURS))
+  $(call stamp,$(call manifests,$(1)) folds/folds.csv $(PROCESSED_ALL) $(NEIGHBOURS) $(NEIGHBOURS_EMBED)) \
+  $(MEMBERS_STAMP) $(call source,$(ENSEMBLE_CFG) $(COMP))
+	$(ENSEMBLE) fit --method=$$* $(call ensemble_args,$(1)) $(if $(NEIGHBOURS),--neighbours=$(NEIGHBOURS)) \
+	  $(if $(NEIGHBOURS_EMBED),--neighbours-embed=$(NEIGHBOURS_EMBED))
 $(call edir,$(1))/leaderboard.json: $(call stamp,$(patsubst %,$(call edir,$(1))/%/scores.json,$(METHODS))) \
   $(call source,$(ENSEMBLE_CFG))
 	$(ENSEMBLE) leaderboard $(call ensemble_args,$(1))

@@ -4,10 +4,12 @@ Reads  the workspace's data/competition.yaml, data/processed/classes.json, ensem
        blender.pkl) and leaderboard.json, and for each of the method's members models/<m>.yaml and
        folds/<m>[/r<r>]/ (manifest.json and every fold's model file; the folder the round's leaderboard names),
        each transformer's tokenizer and config (an embed_lr member's whole encoder), WordNet when a member reads
-       lemmas, data/processed/train.parquet when the blend smooths over neighbours (ensemble.yaml `neighbours`)
+       lemmas, data/processed/train.parquet when the blend smooths over neighbours (ensemble.yaml `neighbours`),
+       features/neighbours_k<k>_<model>.npz's train embeddings when it smooths over an embed_lr member's embeddings
 Writes DIR/ laid out like a workspace of one round and one method:
          data/competition.yaml  data/processed/{classes.json,train.parquet (id, text, labels)}  models/<m>.yaml  folds/<m>/{manifest.json,fold<k>.*}
          ensemble/<method>/{scores.json,blender.pkl}  backbones/<m>/  nltk_data/  wheels/foldstack-*.whl
+         features/neighbours_k<k>_<model>.npz (train_embeddings only)
          manifest.json (last): foldstack and library versions, the method, its members, each file's SHA-256
 Run    make export DIR=bundle [ROUND=r] [METHOD=m] [HALF=fp16|bf16]
        python -m foldstack.bundle --out=bundle [--round=r] [--method=m] [--half=fp16]
@@ -82,6 +84,10 @@ class Layout:
         """The bundle's copy of a member's backbone files, or None (the model YAML's backbone is used)."""
         path = self.root / "backbones" / member
         return path if self.is_bundle and path.is_dir() else None
+
+    def neighbour_graph(self, k: int, model: str) -> Path:
+        """The embedding neighbour graph of an embed_lr member (foldstack.neighbours; its train rows' embeddings)."""
+        return self.root / "features" / f"neighbours_k{k}_{model}.npz"
 
     @property
     def nltk_data(self) -> Path | None:
@@ -169,6 +175,16 @@ def copy_train_texts(src: Path, dest: Path) -> None:
     train[[c for c in ("id", "text", "label", "labels") if c in train]].to_parquet(dest, index=False)
 
 
+def copy_train_embeddings(src: Path, dest: Path) -> None:
+    """The embedding graph's train rows, which predict joins to the new texts' embeddings (foldstack.predict)."""
+    import numpy as np
+    if not src.exists():
+        raise InputError(f"{src} not found: the blend smooths over its embeddings (run make submit)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with np.load(src) as z:
+        np.savez(dest, train_embeddings=z["train_embeddings"])
+
+
 def save_backbone(name: str, dest: Path, weights: bool) -> None:
     """The tokenizer and the encoder's config (and with `weights` the encoder itself) into dest, offline-loadable."""
     from transformers import AutoConfig
@@ -248,8 +264,12 @@ def _fill(layout: Layout, method: str, members: list[str], out: Path, tmp: Path,
         (tmp / folder).mkdir(parents=True)
     shutil.copy(layout.competition, tmp / "data" / "competition.yaml")
     shutil.copy(layout.classes, tmp / "data" / "processed" / "classes.json")
-    if json.loads((layout.ensemble_dir / method / "scores.json").read_text()).get("neighbours"):
+    smoothing = json.loads((layout.ensemble_dir / method / "scores.json").read_text()).get("neighbours")
+    if smoothing:
         copy_train_texts(layout.classes.parent / "train.parquet", tmp / "data" / "processed" / "train.parquet")
+    if smoothing and "embed" in smoothing:
+        copy_train_embeddings(layout.neighbour_graph(smoothing["k"], smoothing["embed"]["model"]),
+                              Layout(tmp, is_bundle=True).neighbour_graph(smoothing["k"], smoothing["embed"]["model"]))
     for name in ("scores.json", "blender.pkl"):
         shutil.copy(layout.ensemble_dir / method / name, tmp / "ensemble" / method / name)
     save_json(tmp / "ensemble" / "leaderboard.json", {"chosen": method})

@@ -55,12 +55,17 @@ class Ensemble:
     threshold_min_positives: int = 5        # rarer labels keep the global threshold
     n_jobs: int = 1                         # stack_lgbm's threads (more only pays on idle cores)
     seed: int = 42                          # of the stackers and the nested CV's inner splits
-    neighbours: float = 0.35                # transductive smoothing (0 = off): each member's row moves this far toward
+    neighbours: float = 0.25                # transductive smoothing (0 = off): each member's row moves this far toward
                                             # its nearest train+test rows' vote, kept per method where nested CV rises
                                             # (foldstack.neighbours; docs/ensembles.md)
     neighbours_k: int = 10                  # nearest rows (TF-IDF cosine over train and test texts) that vote
     neighbours_power: float = 3.0           # a vote weighs similarity ** power: near-duplicates count most
     neighbours_use: str = "best"            # best: each method keeps smoothing only if its nested CV rises | always
+    neighbours_embed: float = 0.15          # the same smoothing over a second graph, nearest rows by the sentence
+                                            # embeddings of member neighbours_embed_model (0 = off; also off when
+                                            # the blend has no such member); with `neighbours` it takes a share too
+    neighbours_embed_model: str = "embed_lr"  # an embed_lr member: the embeddings its folds cached make the graph
+    neighbours_embed_power: float = 10.0    # embedding cosines crowd near 1: a steeper power lets the nearest lead
 
     def check(self) -> list[tuple[str, str]]:
         bad = []
@@ -73,20 +78,28 @@ class Ensemble:
         bad += [(k, f"must be one of {', '.join(v)}") for k, v in choices.items() if getattr(self, k) not in v]
         if self.caruana_rounds < 1 or self.lgbm_n_estimators < 1:
             bad.append(("caruana_rounds", "rounds and lgbm_n_estimators must be at least 1"))
-        if not 0 <= self.neighbours < 1:
-            bad.append(("neighbours", "must be at least 0 (off) and below 1"))
+        for key in ("neighbours", "neighbours_embed"):
+            if not 0 <= getattr(self, key) < 1:
+                bad.append((key, "must be at least 0 (off) and below 1"))
+        if self.neighbours + self.neighbours_embed >= 1:
+            bad.append(("neighbours_embed", "and neighbours must add up to less than 1"))
         if self.neighbours_k < 1:
             bad.append(("neighbours_k", "must be at least 1"))
-        if self.neighbours_power <= 0:
-            bad.append(("neighbours_power", "must be above 0"))
+        for key in ("neighbours_power", "neighbours_embed_power"):
+            if getattr(self, key) <= 0:
+                bad.append((key, "must be above 0"))
         return bad
 
-    @property
-    def smoothing(self) -> dict | None:
-        """What scores.json records and predict re-applies: None when off."""
-        if not self.neighbours:
+    def smoothing(self, members: list[str]) -> dict | None:
+        """What scores.json records and predict re-applies for a blend of `members`: None when off. The embedding
+        graph ("embed") needs its embed_lr model among the members (predict embeds the new texts with it)."""
+        embed = self.neighbours_embed if self.neighbours_embed_model in members else 0.0
+        if not self.neighbours and not embed:
             return None
-        return {"alpha": self.neighbours, "k": self.neighbours_k, "power": self.neighbours_power}
+        out = {"alpha": self.neighbours, "k": self.neighbours_k, "power": self.neighbours_power}
+        if embed:
+            out["embed"] = {"alpha": embed, "power": self.neighbours_embed_power, "model": self.neighbours_embed_model}
+        return out
 
 
 def make_blender(method: str, cfg: Ensemble, metric: str, multilabel: bool):
@@ -113,6 +126,7 @@ class Members:
     classes: list[str]
     multilabel: bool
     smoothed: Members | None = None  # the same members smoothed over their neighbours (ensemble.yaml neighbours)
+    smoothing: dict | None = None    # how (Ensemble.smoothing), on the smoothed Members
 
 
 def select(manifests: list[str], cfg: Ensemble) -> list[tuple[str, Path]]:
@@ -150,9 +164,10 @@ def check_member(name: str, man: dict, oof_shape, test_shape, val_idx: list, ref
 
 
 def load_members(manifests: list[str], cfg: Ensemble, processed: Path, folds_csv: Path,
-                 graph: Path | None = None) -> Members:
-    """Every member's OOF and test arrays, checked against the workspace; when ensemble.yaml's `neighbours` is
-    above 0 also smoothed over the neighbour graph `graph` (foldstack.neighbours), as Members.smoothed."""
+                 graphs: dict | None = None) -> Members:
+    """Every member's OOF and test arrays, checked against the workspace; when ensemble.yaml smooths over
+    neighbours, also smoothed over the graphs of foldstack.neighbours (`graphs`: "tfidf" / "embed" -> file,
+    default features/neighbours_k<k>[_<model>].npz), as Members.smoothed."""
     from functools import partial
 
     import pandas as pd
@@ -167,9 +182,11 @@ def load_members(manifests: list[str], cfg: Ensemble, processed: Path, folds_csv
            "fold_of": read_fold_ids(folds_csv, train["id"])}
     multilabel = info["task"] == "multilabel"
     y = targets(train, len(info["classes"]), multilabel)
-    smooth = neighbour_smoother(cfg, graph, y, ref, processed) if cfg.smoothing else None
+    chosen = select(manifests, cfg)
+    smoothing = cfg.smoothing([name for name, _ in chosen])
+    smooth = neighbour_smoother(smoothing, graphs or {}, y, ref, processed) if smoothing else None
     names, oofs, tests, smoothed = [], [], [], []
-    for name, path in select(manifests, cfg):
+    for name, path in chosen:
         man = json.loads(path.read_text())
         oof, test = np.load(path.parent / "oof.npy", mmap_mode="r"), np.load(path.parent / "test.npy", mmap_mode="r")
         val_idx, fold_tests = [], []
@@ -185,21 +202,33 @@ def load_members(manifests: list[str], cfg: Ensemble, processed: Path, folds_csv
     members = partial(Members, names, y=y, fold_of=ref["fold_of"], classes=info["classes"], multilabel=multilabel)
     both = None
     if smooth:
-        both = members(np.stack([o for o, _ in smoothed], 1), np.stack([t for _, t in smoothed], 1))
+        both = members(np.stack([o for o, _ in smoothed], 1), np.stack([t for _, t in smoothed], 1),
+                       smoothing=smoothing)
     return members(np.stack(oofs, 1), np.stack(tests, 1), smoothed=both)
 
 
-def neighbour_smoother(cfg: Ensemble, graph: Path | None, y: np.ndarray, ref: dict, processed: Path):
-    """(oof, fold_tests, test) -> the member's smoothed (oof, test), over the graph of foldstack.neighbours."""
+def graph_paths(smoothing: dict) -> dict:
+    """The default graph files of a smoothing: "tfidf" and "embed" -> features/neighbours_k<k>[_<model>].npz."""
+    out = {"tfidf": Path(f"features/neighbours_k{smoothing['k']}.npz")} if smoothing["alpha"] else {}
+    if "embed" in smoothing:
+        out["embed"] = Path(f"features/neighbours_k{smoothing['k']}_{smoothing['embed']['model']}.npz")
+    return out
+
+
+def neighbour_smoother(smoothing: dict, graphs: dict, y: np.ndarray, ref: dict, processed: Path):
+    """(oof, fold_tests, test) -> the member's smoothed (oof, test), over the graphs of foldstack.neighbours."""
     from . import neighbours as nb
-    graph = graph or Path(f"features/neighbours_k{cfg.neighbours_k}.npz")
     texts = nb.read_texts(processed / "train.parquet") + nb.read_texts(processed / "test.parquet")
-    idx, sim = nb.load(graph, texts, ref["n_train"], cfg.neighbours_k)
-    labels, s = nb.one_hot(y, len(ref["classes"])), cfg.smoothing
+    k, parts = smoothing["k"], []
+    for name, default in graph_paths(smoothing).items():
+        idx, sim = nb.load(graphs.get(name) or default, texts, ref["n_train"], k)
+        how = smoothing if name == "tfidf" else smoothing["embed"]
+        parts.append(nb.Graph(idx, sim, how["alpha"], k, how["power"]))
+    labels = nb.one_hot(y, len(ref["classes"]))
 
     def smooth(oof, fold_tests, test):
-        return (nb.smooth_oof(oof, ref["fold_of"], fold_tests, labels, idx, sim, s["alpha"], s["k"], s["power"]),
-                nb.smooth_test(test, labels, idx, sim, s["alpha"], s["k"], s["power"]))
+        return (nb.smooth_oof(oof, ref["fold_of"], fold_tests, labels, parts),
+                nb.smooth_test(test, labels, parts))
     return smooth
 
 
@@ -269,7 +298,7 @@ def run_method(method: str, cfg: Ensemble, metric: str, data: Members, out: Path
     scores = {"method": method, "members": data.names, "classes": data.classes, "metric": metric,
               "cv": fit["cv"], "fold_scores": fit["fold_scores"], "cv_log_loss": log_loss(oof, data.y, data.multilabel),
               "n_train": len(oof), "n_test": len(test), "config_hash": config.config_hash(cfg), "version": __version__,
-              "neighbours": cfg.smoothing if fit is not plain else None, "cv_by_neighbours": cv_by}
+              "neighbours": data.smoothing if fit is not plain else None, "cv_by_neighbours": cv_by}
     if data.multilabel:
         scores["cv_at_0.5"] = metrics.score(metric, data.y, oof, True)
         scores["thresholds"] = tune(oof, data.y).tolist() if tune else [0.5] * len(data.classes)
@@ -359,8 +388,10 @@ def main(argv=None) -> None:
     common.add_argument("--method", default=None, help="fit: the method; submit: a method instead of the chosen")
     common.add_argument("--submissions", default="submissions", help="where submissions go")
     common.add_argument("--solution", default="data/solution.csv", help="score: the test answers")
-    common.add_argument("--neighbours", default=None, help="fit: the neighbour graph (foldstack.neighbours), read "
-                        "when ensemble.yaml's neighbours > 0; default features/neighbours_k<neighbours_k>.npz")
+    common.add_argument("--neighbours", default=None, help="fit: the TF-IDF neighbour graph (foldstack.neighbours), "
+                        "read when ensemble.yaml's neighbours > 0; default features/neighbours_k<neighbours_k>.npz")
+    common.add_argument("--neighbours-embed", default=None, help="fit: the embedding neighbour graph, read when "
+                        "neighbours_embed > 0; default features/neighbours_k<neighbours_k>_<neighbours_embed_model>.npz")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=config.keys_epilog("ensemble/ensemble.yaml", ("", Ensemble)))
     sub = ap.add_subparsers(dest="command", required=True)
@@ -394,8 +425,8 @@ def run(args, cfg: Ensemble, comp) -> None:
     if args.command == "fit":
         if args.method not in cfg.methods:
             raise InputError(f"{args.config}: --method={args.method} is not in methods {list(cfg.methods)}")
-        graph = Path(args.neighbours or f"features/neighbours_k{cfg.neighbours_k}.npz")
-        data = load_members(manifests, cfg, processed, Path(args.folds), graph)
+        graphs = {k: Path(v) for k, v in (("tfidf", args.neighbours), ("embed", args.neighbours_embed)) if v}
+        data = load_members(manifests, cfg, processed, Path(args.folds), graphs)
         s = run_method(args.method, cfg, comp.metric, data, ens_dir / args.method)
         print(f"ensemble {args.method}: nested CV {comp.metric} {s['cv']:.4f}  folds "
               + " ".join(f"{v:.4f}" for v in s["fold_scores"]) + f"  ({len(data.names)} members, {s['secs']:.0f}s)"

@@ -4,8 +4,9 @@ Reads  data/competition.yaml, every models/<m>.yaml, the ensemble and pseudo-lab
 Writes build/vars.mk   N_FOLDS, RAW (the competition's files), DEPS_<m> (files model m's folds need beyond its YAML:
                        augmented sets, a `make pretrain` backbone), CACHED (the models whose folds share a cache
                        built first: foldstack.cache), METHODS (the ensemble's blends), NEIGHBOURS_K (the
-                       neighbour graph's k when the ensemble smooths over it, else empty), RETRAIN (the
-                       models pseudo-label rounds retrain; the others keep their round-0 folds)
+                       TF-IDF neighbour graph's k when the ensemble smooths over it, else empty),
+                       NEIGHBOURS_EMBED_MODEL / _K (the embedding graph's embed_lr member and k, else empty),
+                       RETRAIN (the models pseudo-label rounds retrain; the others keep their round-0 folds)
 Run    python -m foldstack.makevars --competition=data/competition.yaml --ensemble=ensemble/ensemble.yaml \
            --pseudo=features/pseudo.yaml --out=build/vars.mk models/*.yaml
        (the Makefile's rule: remade when a config changes; a broken config stops `make` with its one-line error)
@@ -66,6 +67,11 @@ def render(comp_path, model_paths: list[str], ensemble_path, pseudo_path) -> str
     ens = config.load(Ensemble, ensemble_path)
     lines.append(f"METHODS := {' '.join(ens.methods)}")
     lines.append(f"NEIGHBOURS_K := {ens.neighbours_k if ens.neighbours else ''}".rstrip())
+    # as Ensemble.smoothing: on when the embed_lr model is a member of the blend (names: safe Make words)
+    embed = ens.neighbours_embed and ens.neighbours_embed_model in names and \
+        ens.neighbours_embed_model in (ens.members or names)
+    lines.append(f"NEIGHBOURS_EMBED_MODEL := {ens.neighbours_embed_model if embed else ''}".rstrip())
+    lines.append(f"NEIGHBOURS_EMBED_K := {ens.neighbours_k if embed else ''}".rstrip())
     lines.append(f"RETRAIN := {' '.join(retrained(pseudo_path, names))}".rstrip())
     return "\n".join(lines) + "\n"
 

@@ -1,16 +1,21 @@
-"""neighbours stage: every train and test text -> its nearest texts (TF-IDF cosine), for transductive smoothing.
+"""neighbours stage: every train and test text -> its nearest texts, for transductive smoothing.
 
-Reads  data/processed/{train,test}.parquet (the joined `text` column)
-Writes features/neighbours_k<k>.npz  idx int32 [n_train + n_test, k]: row i's nearest other rows, nearest first
-                                    (train rows 0..n_train-1, then the test rows); sim float32 [.., k]: their
-                                    cosine similarity; n_train, n_test; text_sha (to refuse a stale graph)
+Reads  data/processed/{train,test}.parquet (the joined `text` column); with --embed-model also the embed_lr model's
+       pooled sentence embeddings, from the cache its folds built (features/cache: foldstack.cache)
+Writes features/neighbours_k<k>.npz  idx int32 [n_train + n_test, k]: row i's nearest other rows by TF-IDF cosine,
+                                    nearest first (train rows 0..n_train-1, then the test rows); sim float32 [.., k]:
+                                    their cosine similarity; n_train, n_test; text_sha (to refuse a stale graph)
+       features/neighbours_k<k>_<model>.npz  (--embed-model) the same by sentence-embedding cosine, plus
+                                    train_embeddings float32 [n_train, H]: predict embeds only the new texts
 Run    python -m foldstack.neighbours --k=10 --out=features/neighbours_k10.npz
-       (make submit builds it, with ensemble.yaml's neighbours_k, when its `neighbours` is above 0)
+       python -m foldstack.neighbours --k=10 --embed-model=models/embed_lr.yaml --out=features/neighbours_k10_embed_lr.npz
+       (make submit builds them from ensemble.yaml's neighbours_k when `neighbours` / `neighbours_embed` are above 0)
 
-The ensemble stage (ensemble.yaml `neighbours`) moves each member's probabilities for a row toward the vote of its
-nearest rows: a train row votes its label, a row being predicted votes its own prediction. Published 20 Newsgroups
-results above ~0.89 are transductive (BertGCN builds a graph over train and test documents); this is the cheap form
-of the same idea: replies quoting a post, cross-posts and threads sit next to each other in TF-IDF space.
+The ensemble stage (ensemble.yaml `neighbours`, `neighbours_embed`) moves each member's probabilities for a row
+toward the vote of its nearest rows: a train row votes its label, a row being predicted votes its own prediction.
+Published 20 Newsgroups results above ~0.89 are transductive (BertGCN builds a graph over train and test
+documents); this is the cheap form of the same idea: replies quoting a post, cross-posts and threads sit next to each
+other in TF-IDF space, and posts on one topic in other words sit next to each other in embedding space.
 
 Honesty: a row of held-out fold k is smoothed only with what fold k's model could know at test time: the labels of
 the other folds' rows, fold k's own predictions for its held-out rows, and fold k's predictions for the test rows.
@@ -20,12 +25,23 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import config
 from .errors import one_line_errors
+
+
+@dataclass(frozen=True)
+class Graph:
+    """One neighbour graph and how far its vote moves a prediction."""
+    idx: np.ndarray    # [n_train + n_test, >= k] nearest rows, nearest first
+    sim: np.ndarray    # their similarities in [0, 1]; 0 casts no vote
+    alpha: float       # the share of the vote in the smoothed prediction
+    k: int             # neighbours that vote
+    power: float       # a vote weighs similarity ** power
 
 
 def text_sha(texts: list[str]) -> str:
@@ -64,6 +80,26 @@ def build(texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
     return out_idx, out_sim
 
 
+def build_dense(E: np.ndarray, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """(idx, sim) as `build`, from dense embeddings [n, H] by cosine (exact, in chunks of rows)."""
+    E = E / np.clip(np.linalg.norm(E, axis=1, keepdims=True), 1e-12, None)
+    n = len(E)
+    m = min(k, n - 1)
+    out_idx = np.tile(np.arange(n, dtype=np.int32)[:, None], (1, k))
+    out_sim = np.zeros((n, k), dtype=np.float32)
+    for s in range(0, n, chunk):
+        S = E[s:s + chunk] @ E.T
+        S[np.arange(len(S)), np.arange(s, s + len(S))] = -np.inf  # never a row's own neighbour
+        if m < 1:
+            continue
+        top = np.argpartition(-S, m - 1, axis=1)[:, :m]
+        order = np.argsort(-np.take_along_axis(S, top, 1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, 1)
+        out_idx[s:s + chunk, :m] = top
+        out_sim[s:s + chunk, :m] = np.clip(np.take_along_axis(S, top, 1), 0.0, 1.0)
+    return out_idx, out_sim
+
+
 def vote(rows: np.ndarray, values: np.ndarray, idx: np.ndarray, sim: np.ndarray, k: int, power: float,
          own: np.ndarray) -> np.ndarray:
     """The similarity-weighted mean of `values` over each row's k neighbours; `own` where no neighbour is similar
@@ -78,26 +114,32 @@ def vote(rows: np.ndarray, values: np.ndarray, idx: np.ndarray, sim: np.ndarray,
 
 
 def smooth_oof(oof: np.ndarray, fold_of: np.ndarray, fold_tests: list[np.ndarray], y: np.ndarray,
-               idx: np.ndarray, sim: np.ndarray, alpha: float, k: int, power: float) -> np.ndarray:
-    """A member's OOF [n_train, C], each fold's rows moved `alpha` toward their neighbours' vote: the other folds'
-    labels (y one-hot or 0/1 [n_train, C]), fold k's OOF rows and fold k's test predictions fold_tests[k]."""
+               graphs: list[Graph]) -> np.ndarray:
+    """A member's OOF [n_train, C], each fold's rows moved toward their neighbours' votes in every graph (each by its
+    alpha): the other folds' labels (y one-hot or 0/1 [n_train, C]), fold k's OOF rows and fold k's test predictions
+    fold_tests[k]."""
     out = oof.copy()
     for k_fold, test_k in enumerate(fold_tests):
         held = fold_of == k_fold
         values = np.concatenate([np.where(held[:, None], oof, y), test_k])
         rows = np.flatnonzero(held)
-        out[rows] = (1 - alpha) * oof[rows] + alpha * vote(rows, values, idx, sim, k, power, oof[rows])
+        out[rows] = mix(oof[rows], rows, values, graphs)
     return out
 
 
-def smooth_test(test: np.ndarray, y: np.ndarray, idx: np.ndarray, sim: np.ndarray, alpha: float, k: int,
-                power: float) -> np.ndarray:
-    """A member's test predictions [n_test, C] moved `alpha` toward the vote of every train label and test
-    prediction. Linear in `test`, so smoothing the folds' mean equals the mean of the smoothed folds."""
+def smooth_test(test: np.ndarray, y: np.ndarray, graphs: list[Graph]) -> np.ndarray:
+    """A member's test predictions [n_test, C] moved toward the vote of every train label and test prediction in
+    every graph. Linear in `test`, so smoothing the folds' mean equals the mean of the smoothed folds."""
     n = len(y)
-    values = np.concatenate([y.astype(np.float64), test])
-    rows = np.arange(n, n + len(test))
-    return (1 - alpha) * test + alpha * vote(rows, values, idx, sim, k, power, test)
+    return mix(test, np.arange(n, n + len(test)), np.concatenate([y.astype(np.float64), test]), graphs)
+
+
+def mix(own: np.ndarray, rows: np.ndarray, values: np.ndarray, graphs: list[Graph]) -> np.ndarray:
+    """(1 - sum of alphas) * own + each graph's alpha * its vote."""
+    out = (1 - sum(g.alpha for g in graphs)) * own
+    for g in graphs:
+        out = out + g.alpha * vote(rows, values, g.idx, g.sim, g.k, g.power, own)
+    return out
 
 
 def one_hot(y: np.ndarray, n_classes: int) -> np.ndarray:
@@ -134,6 +176,24 @@ def read_texts(path: Path) -> list[str]:
     return pd.read_parquet(path, columns=["text"])["text"].tolist()
 
 
+def embed_lr_table(model_path: Path, processed: Path, features: Path, cache_dir: Path):
+    """The embed_lr model's pooled embeddings [n_train + n_test, H] of the train and test rows (in its text
+    variant), read from the cache its folds built (foldstack.cache), or built now with the same key."""
+    import pandas as pd
+
+    from .errors import ConfigError
+    from .hidden_cache import model_texts, open_pooled
+    from .io import read_augmented
+    cfg = config.load(config.Model, model_path)
+    if cfg.kind != "embed_lr":
+        raise ConfigError(f"{model_path}: kind {cfg.kind!r}: ensemble.yaml's neighbours_embed_model must name an "
+                          f"embed_lr model")
+    train, test = pd.read_parquet(processed / "train.parquet"), pd.read_parquet(processed / "test.parquet")
+    column = "text_lemma" if cfg.text == "lemma" else "text"
+    pooled = open_pooled(cfg.options, model_texts(cfg, train, test, read_augmented(cfg.augment, features)), cache_dir)
+    return pooled.embed(train[column].tolist() + test[column].tolist())
+
+
 @one_line_errors
 def main(argv=None) -> None:
     import time
@@ -142,15 +202,24 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--k", type=int, required=True, help="neighbours per row (ensemble.yaml neighbours_k)")
     config.add_path_options(ap, "processed")
-    ap.add_argument("--out", required=True, help="the graph to write (features/neighbours_k<k>.npz)")
+    ap.add_argument("--embed-model", default=None, help="models/<m>.yaml of kind embed_lr: neighbours by its "
+                    "sentence embeddings instead of TF-IDF (ensemble.yaml neighbours_embed_model)")
+    ap.add_argument("--features", default="features", help="--embed-model: where its augmented sets live")
+    ap.add_argument("--cache-dir", default="features/cache", help="--embed-model: where its embedding cache lives")
+    ap.add_argument("--out", required=True, help="the graph to write (features/neighbours_k<k>[_<model>].npz)")
     args = ap.parse_args(argv)
     texts = [read_texts(Path(args.processed) / f"{s}.parquet") for s in ("train", "test")]
-    start = time.perf_counter()
-    idx, sim = build(texts[0] + texts[1], args.k)
+    start, extra = time.perf_counter(), {}
+    if args.embed_model:
+        E = embed_lr_table(Path(args.embed_model), Path(args.processed), Path(args.features), Path(args.cache_dir))
+        idx, sim = build_dense(E, args.k)
+        extra["train_embeddings"] = E[:len(texts[0])]  # predict embeds only the new texts
+    else:
+        idx, sim = build(texts[0] + texts[1], args.k)
     with atomic_path(Path(args.out)) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, idx=idx, sim=sim, n_train=len(texts[0]), n_test=len(texts[1]),
-                     text_sha=text_sha(texts[0] + texts[1]))
+                     text_sha=text_sha(texts[0] + texts[1]), **extra)
     print(f"neighbours: {args.out} ({len(idx)} rows x {args.k} neighbours, "
           f"{time.perf_counter() - start:.0f}s)")
 

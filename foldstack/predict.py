@@ -6,7 +6,8 @@ Reads  --test: a CSV/TSV with the competition's id and text columns and separato
        from the workspace (or a bundle, --bundle): data/competition.yaml, data/processed/classes.json,
        ensemble[/r<r>]/<method>/{scores.json,blender.pkl} (default method: leaderboard.json's chosen), and for
        each member of that method models/<m>.yaml and folds/<m>[/r<r>]/{manifest.json,fold<k>.safetensors|.joblib};
-       data/processed/train.parquet when the blend smooths over neighbours (ensemble.yaml `neighbours`)
+       data/processed/train.parquet when the blend smooths over neighbours (ensemble.yaml `neighbours`), and
+       features/neighbours_k<k>_<model>.npz (the train rows' embeddings) when it smooths over embeddings too
 Writes --out: the submission;  --probs-dir/<member>.npy and <method>.npy: test probabilities float32 [n, C] in
        the test file's row order
 Run    make predict TEST=new_test.csv [OUT=submissions/predict.csv] [ROUND=r] [METHOD=m] [SAMPLE=...]
@@ -17,8 +18,8 @@ Each member predicts exactly as its folds did in training: the same prep (field 
 its k fold models (and over seeds within a fold), then the blender fitted on all OOF rows. A frozen-layer member
 runs its frozen layers once for all folds into a temporary float16 cache, as training did, and each fold runs
 only its upper layers on it. A blend fitted with neighbour smoothing smooths each member's probabilities as the
-ensemble stage did: over a graph of the train texts and the new texts (foldstack.neighbours), the train rows voting
-their labels (`--probs-dir` keeps the members' own, unsmoothed probabilities). Smoothing is transductive: a row's
+ensemble stage did: over graphs of the train texts and the new texts (foldstack.neighbours: TF-IDF, and an embed_lr
+member's embeddings), the train rows voting their labels (`--probs-dir` keeps the members' own, unsmoothed probabilities). Smoothing is transductive: a row's
 prediction depends on the other rows predicted with it, so predict a competition's whole test file at once.
 """
 from __future__ import annotations
@@ -150,33 +151,37 @@ def same_frozen_layers(state: dict, frozen: dict | None, path: Path) -> None:
                              "were the folds trained from different backbones? re-run make folds")
 
 
-def predict_classical(cfg, files: list[list[Path]], texts: list[str]) -> np.ndarray:
-    """Mean over folds (and seeds) of the fitted members' probabilities; embed_lr embeds the texts once."""
-    embedded = None
-    if cfg.kind == "embed_lr":
-        from .hidden_cache import embed_texts
-        embedded = embed_texts(cfg.options, texts)
+def predict_classical(cfg, files: list[list[Path]], texts: list[str], embedded: np.ndarray | None) -> np.ndarray:
+    """Mean over folds (and seeds) of the fitted members' probabilities; embed_lr reads `embedded` (its
+    embeddings of the texts, computed once)."""
     folds = [np.mean([fold_models.load(f).predict(texts, lambda _: embedded) for f in seeds], axis=0)
              for seeds in files]
     return np.mean(folds, axis=0).astype(np.float32)
 
 
-def predict_members(layout: Layout, members: list[str], test: pd.DataFrame, comp, n_classes: int) -> dict:
+def predict_members(layout: Layout, members: list[str], test: pd.DataFrame, comp, n_classes: int):
+    """(each member's probabilities, each embed_lr member's embeddings of the new texts)."""
+    from .hidden_cache import embed_texts
     cfgs = {m: load_member_cfg(layout, m) for m in members}
     files = {m: fold_files(layout, m) for m in members}  # every file found before any model runs
     texts = member_texts(test, comp, cfgs)
-    out = {}
+    out, embedded = {}, {}
     for m, cfg in cfgs.items():
         t0 = time.perf_counter()
         rows = texts[cfg.text]
-        out[m] = predict_transformer(cfg, files[m], rows, n_classes, comp.multilabel) if cfg.kind == "transformer" \
-            else predict_classical(cfg, files[m], rows)
+        if cfg.kind == "transformer":
+            out[m] = predict_transformer(cfg, files[m], rows, n_classes, comp.multilabel)
+        else:
+            embedded[m] = embed_texts(cfg.options, rows) if cfg.kind == "embed_lr" else None
+            out[m] = predict_classical(cfg, files[m], rows, embedded[m])
         print(f"  {m}: {len(files[m])} folds, {len(rows) / (time.perf_counter() - t0):.0f} rows/s")
-    return out
+    return out, embedded
 
 
-def smooth_members(layout: Layout, smoothing: dict, probs: dict, test: pd.DataFrame, comp) -> dict:
-    """Each member's probabilities smoothed over the neighbours of the train and new texts, as in training."""
+def smooth_members(layout: Layout, smoothing: dict, probs: dict, embedded: dict, test: pd.DataFrame,
+                   comp) -> dict:
+    """Each member's probabilities smoothed over the neighbours of the train and new texts, as in training: by
+    TF-IDF over the texts, and by the embed_lr member's embeddings (the train rows' from the graph file)."""
     from . import neighbours as nb
     from .labels import classes_json, targets
     from .text import join_text
@@ -186,11 +191,29 @@ def smooth_members(layout: Layout, smoothing: dict, probs: dict, test: pd.DataFr
     if not path.exists():
         raise InputError(f"{path} not found: the blend smooths over the train texts' neighbours (make prep)")
     train = pd.read_parquet(path, columns=["text", "labels" if multilabel else "label"])
-    idx, sim = nb.build(train["text"].tolist() + join_text(test, comp.text), smoothing["k"])
+    k, graphs = smoothing["k"], []
+    if smoothing["alpha"]:
+        idx, sim = nb.build(train["text"].tolist() + join_text(test, comp.text), k)
+        graphs.append(nb.Graph(idx, sim, smoothing["alpha"], k, smoothing["power"]))
+    if "embed" in smoothing:
+        how = smoothing["embed"]
+        idx, sim = nb.build_dense(np.concatenate([train_embeddings(layout, k, how["model"], len(train)),
+                                                  embedded[how["model"]]]), k)
+        graphs.append(nb.Graph(idx, sim, how["alpha"], k, how["power"]))
     y = nb.one_hot(targets(train, len(info["classes"]), multilabel), len(info["classes"]))
     # float64 into the blender, as in training: a row on a threshold must not flip
-    return {m: nb.smooth_test(p.astype(np.float64), y, idx, sim, smoothing["alpha"], smoothing["k"],
-                              smoothing["power"]) for m, p in probs.items()}
+    return {m: nb.smooth_test(p.astype(np.float64), y, graphs) for m, p in probs.items()}
+
+
+def train_embeddings(layout: Layout, k: int, model: str, n_train: int) -> np.ndarray:
+    """The embedding graph's train rows [n_train, H], as foldstack.neighbours stored them."""
+    path = layout.neighbour_graph(k, model)
+    if not path.exists():
+        raise InputError(f"{path} not found: the blend smooths over {model}'s embeddings (make submit builds it)")
+    with np.load(path) as z:
+        if "train_embeddings" not in z or len(z["train_embeddings"]) != n_train:
+            raise InputError(f"{path}: not the embedding graph of these {n_train} train rows; re-run make submit")
+        return z["train_embeddings"]
 
 
 def blend(layout: Layout, method: str, members: list[str], probs: dict) -> np.ndarray:
@@ -216,8 +239,9 @@ def run(layout: Layout, test_path: Path, out: Path, probs_dir: Path | None, meth
         raise InputError(f"{scores_path} not found: method {method!r} is not fitted here (fitted: "
                          f"{', '.join(known) or 'none; run make submit'})")
     scores = json.loads(scores_path.read_text())
-    probs = predict_members(layout, scores["members"], test, comp, len(classes))
-    smoothed = smooth_members(layout, scores["neighbours"], probs, test, comp) if scores.get("neighbours") else probs
+    probs, embedded = predict_members(layout, scores["members"], test, comp, len(classes))
+    smoothing = scores.get("neighbours")
+    smoothed = smooth_members(layout, smoothing, probs, embedded, test, comp) if smoothing else probs
     probs[method] = blend(layout, method, scores["members"], smoothed)
     thr = np.asarray(scores["thresholds"]) if "thresholds" in scores else 0.5
     sub = to_frame(probs[method], test[comp.id].to_numpy(), classes, comp, sample, thr)

@@ -170,8 +170,8 @@ def load_teachers(args, cfg: Pseudo, ens_cfg) -> tuple[np.ndarray, np.ndarray, b
     from .ensemble import load_members
     # The alignment check and the plain members: per-fold teachers and the agreement check read the members' own
     # probabilities (teacher: ensemble reads the chosen blend, which may be neighbour-smoothed).
-    data = load_members(args.manifests, dataclasses.replace(ens_cfg, neighbours=0.0), Path(args.processed),
-                        Path(args.folds))
+    plain = dataclasses.replace(ens_cfg, neighbours=0.0, neighbours_embed=0.0)
+    data = load_members(args.manifests, plain, Path(args.processed), Path(args.folds))
     n_folds = int(data.fold_of.max()) + 1
     if cfg.teacher == "per_fold":
         members = member_fold_tests(args.manifests, ens_cfg, n_folds).astype(np.float64)

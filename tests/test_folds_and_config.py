@@ -158,7 +158,15 @@ def test_makevars_renders_what_the_makefile_reads(tmp_path):
     lines = makevars.render(comp, models, ens, pseudo).splitlines()[1:]
     assert lines == ["N_FOLDS := 3", "RAW := raw/tr.csv data/raw/test.csv data/raw/sample_submission.csv",
                      "DEPS_c :=", "DEPS_m := features/eda.parquet", "CACHED := m", "METHODS := mean stack_lr",
-                     "NEIGHBOURS_K := 7", "RETRAIN := c m"]
+                     "NEIGHBOURS_K := 7", "NEIGHBOURS_EMBED_MODEL :=", "NEIGHBOURS_EMBED_K :=",
+                     "RETRAIN := c m"]
+    (tmp_path / "embed_lr.yaml").write_text("kind: embed_lr\n")  # the embedding graph's model, a member: on
+    lines = makevars.render(comp, models + [tmp_path / "embed_lr.yaml"], ens, pseudo).splitlines()
+    assert "NEIGHBOURS_EMBED_MODEL := embed_lr" in lines and "NEIGHBOURS_EMBED_K := 7" in lines
+    ens.write_text("members: [c, m]\nneighbours: 0.3\nneighbours_k: 7\n")  # not a member of the blend: off
+    lines = makevars.render(comp, models + [tmp_path / "embed_lr.yaml"], ens, pseudo).splitlines()
+    assert "NEIGHBOURS_EMBED_MODEL :=" in lines
+    ens.write_text("methods: [mean, stack_lr]\nsubmit: mean\nneighbours: 0.3\nneighbours_k: 7\n")
     pseudo.write_text("retrain: [c]\n")  # m keeps its round-0 folds in every pseudo-label round
     assert makevars.render(comp, models, ens, pseudo).splitlines()[-1] == "RETRAIN := c"
     pseudo.write_text("retrain: [c, tfidf]\n")

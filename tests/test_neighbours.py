@@ -1,5 +1,6 @@
-"""Transductive neighbour smoothing (foldstack.neighbours, ensemble.yaml `neighbours`): the graph finds near
-duplicates, a held-out fold's smoothed rows never see that fold's labels, and the ensemble refuses a stale graph."""
+"""Transductive neighbour smoothing (foldstack.neighbours, ensemble.yaml `neighbours`, `neighbours_embed`): the
+graphs find near duplicates, a held-out fold's smoothed rows never see that fold's labels, two graphs add their
+votes, and the ensemble refuses a stale graph."""
 import json
 
 import numpy as np
@@ -38,9 +39,23 @@ def random_case(n=60, n_test=20, C=3, k_folds=3, seed=0):
     return rng, fold_of, oof, fold_tests, y, idx.astype(np.int32), sim
 
 
-def test_a_held_out_fold_never_sees_its_own_labels():
+def test_the_embedding_graph_ranks_by_cosine_and_never_the_row_itself():
+    E = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0, 2, 0.2], [0, 0, 0]], dtype=np.float32)
+    idx, sim = nb.build_dense(E, k=2, chunk=2)  # chunks of 2 rows: the row's own column is found in every chunk
+    assert (idx[0, 0], idx[1, 0], idx[2, 0], idx[3, 0]) == (1, 0, 3, 2)
+    assert all(i not in idx[i][sim[i] > 0] for i in range(5)) and (np.diff(sim, axis=1) <= 1e-6).all()
+    assert sim[4].max() == 0 and sim[0, 1] == 0, "a zero vector (an empty text) neither votes nor is voted for"
+    np.testing.assert_allclose(sim[3, 0], 2 / np.hypot(2, 0.2), rtol=1e-6)  # cosine: the norms do not count
+    idx, sim = nb.build_dense(E[:2], k=3)  # fewer rows than k: the missing places cast no vote
+    assert idx[0, 0] == 1 and sim[0, 1:].max() == 0
+
+
+@pytest.mark.parametrize("two_graphs", [False, True])
+def test_a_held_out_fold_never_sees_its_own_labels(two_graphs):
     rng, fold_of, oof, fold_tests, y, idx, sim = random_case()
-    args = dict(idx=idx, sim=sim, alpha=0.5, k=6, power=3.0)
+    args = dict(graphs=[nb.Graph(idx, sim, 0.5, 6, 3.0)])
+    if two_graphs:  # the TF-IDF and the embedding graph: neither lets fold 0's labels in
+        args = dict(graphs=[nb.Graph(idx, sim, 0.3, 6, 3.0), nb.Graph(idx[::-1].copy(), sim, 0.2, 4, 10.0)])
     base = nb.smooth_oof(oof, fold_of, fold_tests, nb.one_hot(y, 3), **args)
     held = fold_of == 0
     flipped = np.where(held, (y + 1) % 3, y)  # fold 0's labels change
@@ -59,8 +74,20 @@ def test_a_held_out_fold_never_sees_its_own_labels():
 def test_smoothing_the_folds_mean_equals_the_mean_of_the_smoothed_folds():
     _, _, _, fold_tests, y, idx, sim = random_case()
     labels = nb.one_hot(y, 3)
-    each = np.mean([nb.smooth_test(t, labels, idx, sim, 0.4, 5, 2.0) for t in fold_tests], 0)
-    np.testing.assert_allclose(nb.smooth_test(np.mean(fold_tests, 0), labels, idx, sim, 0.4, 5, 2.0), each)
+    graphs = [nb.Graph(idx, sim, 0.4, 5, 2.0), nb.Graph(idx[::-1].copy(), sim, 0.2, 6, 10.0)]
+    each = np.mean([nb.smooth_test(t, labels, graphs) for t in fold_tests], 0)
+    np.testing.assert_allclose(nb.smooth_test(np.mean(fold_tests, 0), labels, graphs), each)
+
+
+def test_two_graphs_add_their_moves():
+    """Smoothing over two graphs = the row plus each graph's own move (alphas are shares of one prediction)."""
+    _, fold_of, oof, fold_tests, y, idx, sim = random_case()
+    labels = nb.one_hot(y, 3)
+    g1, g2 = nb.Graph(idx, sim, 0.3, 6, 3.0), nb.Graph(idx[::-1].copy(), sim, 0.2, 5, 10.0)
+    for smooth, p in ((lambda gs: nb.smooth_test(fold_tests[0], labels, gs), fold_tests[0]),
+                      (lambda gs: nb.smooth_oof(oof, fold_of, fold_tests, labels, gs), oof)):
+        np.testing.assert_allclose(smooth([g1, g2]), p + (smooth([g1]) - p) + (smooth([g2]) - p))
+        np.testing.assert_allclose(smooth([g1, g2]).sum(1), 1.0)
 
 
 def with_graph(ws, n=90, n_test=20, k=3, labels=None):
@@ -95,11 +122,12 @@ def test_the_ensemble_smooths_every_member(tmp_path):
     manifests = [str(p) for p in sorted(ws.glob("folds/*/manifest.json"))]
     proc, folds = ws / "data" / "processed", ws / "folds" / "folds.csv"
     assert ensemble.load_members(manifests, ensemble.Ensemble(neighbours=0), proc, folds).smoothed is None
-    data = ensemble.load_members(manifests, ensemble.Ensemble(neighbours=0.5, neighbours_k=4), proc, folds, graph)
+    data = ensemble.load_members(manifests, ensemble.Ensemble(neighbours=0.5, neighbours_k=4), proc, folds,
+                                 {"tfidf": graph})
     assert data.smoothed.oof.shape == data.oof.shape and not np.allclose(data.smoothed.oof, data.oof)
     texts = [f"train text {i}" for i in range(90)] + [f"test text {i}" for i in range(20)]
     idx, sim = nb.load(graph, texts, 90, 4)
-    want = nb.smooth_test(data.test[:, 1], nb.one_hot(data.y, 3), idx, sim, 0.5, 4, 3.0)
+    want = nb.smooth_test(data.test[:, 1], nb.one_hot(data.y, 3), [nb.Graph(idx, sim, 0.5, 4, 3.0)])
     np.testing.assert_allclose(data.smoothed.test[:, 1], want)
 
 
@@ -144,6 +172,38 @@ def test_a_graph_of_other_texts_or_fewer_neighbours_is_refused_in_one_line(tmp_p
         ensemble.main(["fit", "--method=mean", "--config=" + str(ensemble_yaml(ws, neighbours=1.5))])
     with pytest.raises(SystemExit, match="key 'neighbours_power' must be above 0"):  # 0 ** 0 would let padding vote
         ensemble.main(["fit", "--method=mean", "--config=" + str(ensemble_yaml(ws, neighbours_power=0))])
+    with pytest.raises(SystemExit, match="key 'neighbours_embed' and neighbours must add up to less than 1"):
+        ensemble.main(["fit", "--method=mean", "--config=" + str(ensemble_yaml(ws, neighbours=0.5,
+                                                                                neighbours_embed=0.5))])
+
+
+def test_the_embedding_graph_smooths_only_a_blend_with_its_member(tmp_path, monkeypatch):
+    """neighbours_embed names an embed_lr member; its graph file joins the TF-IDF one, and a blend without that
+    member is not smoothed over it (predict could not embed the new texts)."""
+    ws = fake_workspace(tmp_path)
+    tfidf = with_graph(ws)
+    embed = ws / "features" / "neighbours_k4_good.npz"
+    with np.load(tfidf) as z:
+        np.savez(embed, **{key: z[key] for key in z.files}, train_embeddings=np.zeros((90, 2), np.float32))
+    manifests = [str(p) for p in sorted(ws.glob("folds/*/manifest.json"))]
+    proc, folds = ws / "data" / "processed", ws / "folds" / "folds.csv"
+    cfg = ensemble.Ensemble(neighbours=0.3, neighbours_k=4, neighbours_embed=0.2, neighbours_embed_model="good")
+    assert cfg.smoothing(["weak"]) == {"alpha": 0.3, "k": 4, "power": 3.0}
+    assert cfg.smoothing(["good", "weak"])["embed"] == {"alpha": 0.2, "power": 10.0, "model": "good"}
+    data = ensemble.load_members(manifests, cfg, proc, folds, {"tfidf": tfidf, "embed": embed})
+    texts = [f"train text {i}" for i in range(90)] + [f"test text {i}" for i in range(20)]
+    idx, sim = nb.load(tfidf, texts, 90, 4)
+    want = nb.smooth_test(data.test[:, 1], nb.one_hot(data.y, 3), [nb.Graph(idx, sim, 0.3, 4, 3.0),
+                                                                    nb.Graph(idx, sim, 0.2, 4, 10.0)])
+    np.testing.assert_allclose(data.smoothed.test[:, 1], want)
+    assert data.smoothed.smoothing == cfg.smoothing(["good", "weak"])
+    monkeypatch.chdir(ws)
+    ensemble_yaml(ws, neighbours=0.0, neighbours_k=4, neighbours_embed=0.2, neighbours_embed_model="good",
+                  methods=["mean"])
+    embed.unlink()  # the default path, missing: one line naming it
+    with pytest.raises(SystemExit) as exc:
+        ensemble.main(["fit", "--method=mean"])
+    assert "features/neighbours_k4_good.npz not found" in str(exc.value.code)
 
 
 def test_the_vote_is_the_same_in_chunks():

@@ -48,7 +48,8 @@ def trained(tmp_path_factory, tiny_bert):
     # Neighbour smoothing off: it is transductive, so a subset of the test file (below) would be predicted from
     # another graph; test_neighbour_smoothing_predicts_like_training... covers it.
     (ws / "ensemble" / "ensemble.yaml").write_text(yaml.safe_dump({"methods": ["mean", "stack_lr"],
-                                                                   "submit": "stack_lr", "neighbours": 0}))
+                                                                   "submit": "stack_lr", "neighbours": 0,
+                                                                   "neighbours_embed": 0}))
     make(ws, "submit")
     return ws
 
@@ -119,24 +120,31 @@ def test_half_precision_bundle_is_smaller_and_agrees(trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_neighbour_smoothing_predicts_like_training_in_the_workspace_and_a_bundle(tmp_path):
-    """A blend fitted on smoothed members (ensemble.yaml `neighbours`): predict rebuilds the graph over the train
-    texts and the new file's, and reproduces training's blend; a bundle carries the train texts it needs."""
+def test_neighbour_smoothing_predicts_like_training_in_the_workspace_and_a_bundle(tmp_path, tiny_bert):
+    """A blend fitted on smoothed members (ensemble.yaml `neighbours` and `neighbours_embed`): predict rebuilds both
+    graphs over the train texts and the new file's (the embedding graph from embed_lr's embeddings), and
+    reproduces training's blend; a bundle carries the train texts and train embeddings it needs."""
     ws = empty_workspace(tmp_path / "ws")
     write_competition(ws, n_train=90, n_test=30)
-    for kind in ("tfidf_lr", "nbsvm"):
-        (ws / "models" / f"{kind}.yaml").write_text(yaml.safe_dump({"kind": kind, "params": FAST[kind]}))
+    members = {kind: {"kind": kind, "params": FAST[kind]} for kind in ("tfidf_lr", "nbsvm")}
+    members["embed_lr"] = models_for(tiny_bert)["embed_lr"]
+    for name, keys in members.items():
+        (ws / "models" / f"{name}.yaml").write_text(yaml.safe_dump(keys))
     (ws / "ensemble" / "ensemble.yaml").write_text(yaml.safe_dump(
         {"methods": ["mean", "stack_lr"], "submit": "stack_lr", "neighbours": 0.4, "neighbours_k": 5,
-         "neighbours_use": "always"}))
-    assert "foldstack.neighbours --k=5" in make(ws, "submit")
-    assert json.loads((ws / "ensemble" / "stack_lr" / "scores.json").read_text())["neighbours"]["alpha"] == 0.4
+         "neighbours_embed": 0.3, "neighbours_use": "always"}))
+    log = make(ws, "submit")
+    assert "foldstack.neighbours --k=5 --out" in log and "foldstack.neighbours --k=5 --embed-model" in log
+    assert json.loads((ws / "ensemble" / "stack_lr" / "scores.json").read_text())["neighbours"] == \
+        {"alpha": 0.4, "k": 5, "power": 3.0, "embed": {"alpha": 0.3, "power": 10.0, "model": "embed_lr"}}
     make(ws, "export", f"DIR={tmp_path / 'bundle'}", "WHEELS=0")
     assert (tmp_path / "bundle" / "data" / "processed" / "train.parquet").exists()
+    with np.load(tmp_path / "bundle" / "features" / "neighbours_k5_embed_lr.npz") as z:
+        assert z.files == ["train_embeddings"] and z["train_embeddings"].shape[0] == 90
     shutil.copy(ws / "data" / "raw" / "test.csv", tmp_path / "test.csv")
     for where in (["--workspace", str(ws)], ["--bundle", str(tmp_path / "bundle")]):
         run_predict(*where, "test.csv", "--out=sub.csv", "--probs-dir=probs", cwd=tmp_path)
-        for member in ("tfidf_lr", "nbsvm"):  # the members' own probabilities, unsmoothed
+        for member in members:  # the members' own probabilities, unsmoothed
             np.testing.assert_allclose(np.load(tmp_path / "probs" / f"{member}.npy"),
                                        np.load(ws / "folds" / member / "test.npy"), atol=CLASSICAL_TOL)
         np.testing.assert_allclose(np.load(tmp_path / "probs" / "stack_lr.npy"),
