@@ -286,11 +286,15 @@ predict: $(call edir,$(ROUND))/leaderboard.json  ## TEST=file [OUT= METHOD= SAMP
 export: $(call edir,$(ROUND))/leaderboard.json  ## DIR=folder [METHOD= HALF=fp16 ROUND= WHEELS=0]: an offline bundle
 	$(PY) -m foldstack.bundle --out="$(DIR)" --round=$(ROUND) $(if $(METHOD),--method=$(METHOD)) $(if $(HALF),--half=$(HALF)) $(if $(filter 0,$(WHEELS)),--no-wheels)
 
+# The slow tests are single-threaded (conftest: OMP_NUM_THREADS=1) and spend their time in make and subprocesses, so
+# two pytest workers (pytest-xdist) halve the suite's wall time on 2 cores; one file's tests stay in one worker, so
+# a module's fixture workspace is built once. TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
 test: setup  ## setup + the test suite
 	@# the Ray runner's test starts a real local cluster, the bench's smoke test runs HF Trainer (accelerate):
 	@# extras, installed for the suite only
-	$(PY) -c "import ray, accelerate" 2>/dev/null || $(PY) -m pip install -q -e "$(ROOT)[ray,bench]"
-	cd $(ROOT) && HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -c "import ray, accelerate, xdist" 2>/dev/null || $(PY) -m pip install -q -e "$(ROOT)[test,ray,bench]"
+	cd $(ROOT) && HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # BENCH_ARGS="--train=<processed train.parquet> --steps=N --threads=N --quick" (bench/bench.py --help)
 bench: $(PROCESSED) | $(SETUP)  ## foldstack vs HF Trainer vs the recipe's loop, GEMM peak, augmentation -> bench/results/

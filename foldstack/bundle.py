@@ -85,10 +85,6 @@ class Layout:
         path = self.root / "backbones" / member
         return path if self.is_bundle and path.is_dir() else None
 
-    def neighbour_graph(self, k: int, model: str) -> Path:
-        """The embedding neighbour graph of an embed_lr member (foldstack.neighbours; its train rows' embeddings)."""
-        return self.root / "features" / f"neighbours_k{k}_{model}.npz"
-
     @property
     def nltk_data(self) -> Path | None:
         path = self.root / "nltk_data"
@@ -182,7 +178,7 @@ def copy_train_embeddings(src: Path, dest: Path) -> None:
         raise InputError(f"{src} not found: the blend smooths over its embeddings (run make submit)")
     dest.parent.mkdir(parents=True, exist_ok=True)
     with np.load(src) as z:
-        np.savez(dest, train_embeddings=z["train_embeddings"])
+        np.savez(dest, train_embeddings=z["train_embeddings"], model_hash=z["model_hash"])
 
 
 def save_backbone(name: str, dest: Path, weights: bool) -> None:
@@ -268,8 +264,9 @@ def _fill(layout: Layout, method: str, members: list[str], out: Path, tmp: Path,
     if smoothing:
         copy_train_texts(layout.classes.parent / "train.parquet", tmp / "data" / "processed" / "train.parquet")
     if smoothing and "embed" in smoothing:
-        copy_train_embeddings(layout.neighbour_graph(smoothing["k"], smoothing["embed"]["model"]),
-                              Layout(tmp, is_bundle=True).neighbour_graph(smoothing["k"], smoothing["embed"]["model"]))
+        from .neighbours import graph_path
+        graph = graph_path(smoothing["k"], smoothing["embed"]["model"])
+        copy_train_embeddings(layout.root / graph, tmp / graph)
     for name in ("scores.json", "blender.pkl"):
         shutil.copy(layout.ensemble_dir / method / name, tmp / "ensemble" / method / name)
     save_json(tmp / "ensemble" / "leaderboard.json", {"chosen": method})

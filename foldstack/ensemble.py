@@ -1,7 +1,8 @@
 """ensemble stage: the members' OOF + test arrays -> each method's blended OOF + test arrays, scored out-of-fold.
 
 Reads  ensemble/ensemble.yaml; per member folds/<m>/{manifest.json,oof.npy,test.npy,fold<k>.npz}; folds/folds.csv;
-       features/neighbours_k<k>.npz (when ensemble.yaml's neighbours > 0: foldstack.neighbours);
+       features/neighbours_k<k>.npz and, with an embed_lr member, features/neighbours_k<k>_<model>.npz (when
+       ensemble.yaml's neighbours > 0: foldstack.neighbours, the TF-IDF and the embedding graph);
        data/processed/{train.parquet,test.parquet,classes.json}; data/competition.yaml
 Writes ensemble/<method>/oof.npy      float32 [n_train, C]: row i predicted by a blender fitted without row i's fold
        ensemble/<method>/test.npy     float32 [n_test, C]: the blender fitted on every OOF row
@@ -55,15 +56,15 @@ class Ensemble:
     threshold_min_positives: int = 5        # rarer labels keep the global threshold
     n_jobs: int = 1                         # stack_lgbm's threads (more only pays on idle cores)
     seed: int = 42                          # of the stackers and the nested CV's inner splits
-    neighbours: float = 0.25                # transductive smoothing (0 = off): each member's row moves this far toward
+    neighbours: float = 0.35                # transductive smoothing (0 = off): each member's row moves this far toward
                                             # its nearest train+test rows' vote, kept per method where nested CV rises
                                             # (foldstack.neighbours; docs/ensembles.md)
-    neighbours_k: int = 10                  # nearest rows (TF-IDF cosine over train and test texts) that vote
-    neighbours_power: float = 3.0           # a vote weighs similarity ** power: near-duplicates count most
+    neighbours_k: int = 10                  # nearest rows that vote, in each graph
+    neighbours_power: float = 3.0           # a TF-IDF vote weighs similarity ** power: near-duplicates count most
     neighbours_use: str = "best"            # best: each method keeps smoothing only if its nested CV rises | always
-    neighbours_embed: float = 0.15          # the same smoothing over a second graph, nearest rows by the sentence
-                                            # embeddings of member neighbours_embed_model (0 = off; also off when
-                                            # the blend has no such member); with `neighbours` it takes a share too
+    neighbours_embed: float = 0.15          # of that move, this much follows the nearest rows by the sentence
+                                            # embeddings of member neighbours_embed_model, the rest TF-IDF's (0: all
+                                            # TF-IDF; all TF-IDF too when the blend has no such member)
     neighbours_embed_model: str = "embed_lr"  # an embed_lr member: the embeddings its folds cached make the graph
     neighbours_embed_power: float = 10.0    # embedding cosines crowd near 1: a steeper power lets the nearest lead
 
@@ -78,11 +79,10 @@ class Ensemble:
         bad += [(k, f"must be one of {', '.join(v)}") for k, v in choices.items() if getattr(self, k) not in v]
         if self.caruana_rounds < 1 or self.lgbm_n_estimators < 1:
             bad.append(("caruana_rounds", "rounds and lgbm_n_estimators must be at least 1"))
-        for key in ("neighbours", "neighbours_embed"):
-            if not 0 <= getattr(self, key) < 1:
-                bad.append((key, "must be at least 0 (off) and below 1"))
-        if self.neighbours + self.neighbours_embed >= 1:
-            bad.append(("neighbours_embed", "and neighbours must add up to less than 1"))
+        if not 0 <= self.neighbours < 1:
+            bad.append(("neighbours", "must be at least 0 (off) and below 1"))
+        if self.neighbours_embed < 0 or self.neighbours and self.neighbours_embed > self.neighbours:  # 0: all off
+            bad.append(("neighbours_embed", "must be at least 0 and at most neighbours (it is a share of that move)"))
         if self.neighbours_k < 1:
             bad.append(("neighbours_k", "must be at least 1"))
         for key in ("neighbours_power", "neighbours_embed_power"):
@@ -91,12 +91,13 @@ class Ensemble:
         return bad
 
     def smoothing(self, members: list[str]) -> dict | None:
-        """What scores.json records and predict re-applies for a blend of `members`: None when off. The embedding
-        graph ("embed") needs its embed_lr model among the members (predict embeds the new texts with it)."""
-        embed = self.neighbours_embed if self.neighbours_embed_model in members else 0.0
-        if not self.neighbours and not embed:
+        """What scores.json records and predict re-applies for a blend of `members`: None when off; "alpha" is the
+        TF-IDF graph's share. The embedding graph ("embed") needs its embed_lr model among the members (predict
+        embeds the new texts with it); without it the whole move follows TF-IDF."""
+        if not self.neighbours:
             return None
-        out = {"alpha": self.neighbours, "k": self.neighbours_k, "power": self.neighbours_power}
+        embed = self.neighbours_embed if self.neighbours_embed_model in members else 0.0
+        out = {"alpha": round(self.neighbours - embed, 12), "k": self.neighbours_k, "power": self.neighbours_power}
         if embed:
             out["embed"] = {"alpha": embed, "power": self.neighbours_embed_power, "model": self.neighbours_embed_model}
         return out
@@ -184,7 +185,7 @@ def load_members(manifests: list[str], cfg: Ensemble, processed: Path, folds_csv
     y = targets(train, len(info["classes"]), multilabel)
     chosen = select(manifests, cfg)
     smoothing = cfg.smoothing([name for name, _ in chosen])
-    smooth = neighbour_smoother(smoothing, graphs or {}, y, ref, processed) if smoothing else None
+    smooth = neighbour_smoother(smoothing, graphs or {}, y, ref, processed, dict(chosen)) if smoothing else None
     names, oofs, tests, smoothed = [], [], [], []
     for name, path in chosen:
         man = json.loads(path.read_text())
@@ -207,22 +208,23 @@ def load_members(manifests: list[str], cfg: Ensemble, processed: Path, folds_csv
     return members(np.stack(oofs, 1), np.stack(tests, 1), smoothed=both)
 
 
-def graph_paths(smoothing: dict) -> dict:
-    """The default graph files of a smoothing: "tfidf" and "embed" -> features/neighbours_k<k>[_<model>].npz."""
-    out = {"tfidf": Path(f"features/neighbours_k{smoothing['k']}.npz")} if smoothing["alpha"] else {}
-    if "embed" in smoothing:
-        out["embed"] = Path(f"features/neighbours_k{smoothing['k']}_{smoothing['embed']['model']}.npz")
-    return out
-
-
-def neighbour_smoother(smoothing: dict, graphs: dict, y: np.ndarray, ref: dict, processed: Path):
-    """(oof, fold_tests, test) -> the member's smoothed (oof, test), over the graphs of foldstack.neighbours."""
+def neighbour_smoother(smoothing: dict, graphs: dict, y: np.ndarray, ref: dict, processed: Path,
+                       manifests: dict):
+    """(oof, fold_tests, test) -> the member's smoothed (oof, test), over the graphs of foldstack.neighbours
+    (`graphs`: "tfidf" / "embed" -> file, default neighbours.graph_path); `manifests`: member -> manifest.json."""
     from . import neighbours as nb
     texts = nb.read_texts(processed / "train.parquet") + nb.read_texts(processed / "test.parquet")
     k, parts = smoothing["k"], []
-    for name, default in graph_paths(smoothing).items():
-        idx, sim = nb.load(graphs.get(name) or default, texts, ref["n_train"], k)
-        how = smoothing if name == "tfidf" else smoothing["embed"]
+    if smoothing["alpha"]:
+        idx, sim = nb.load(graphs.get("tfidf") or nb.graph_path(k), texts, ref["n_train"], k)
+        parts.append(nb.Graph(idx, sim, smoothing["alpha"], k, smoothing["power"]))
+    if "embed" in smoothing:
+        how = smoothing["embed"]
+        path = graphs.get("embed") or nb.graph_path(k, how["model"])
+        idx, sim = nb.load(path, texts, ref["n_train"], k)
+        # an edited embed_lr YAML retrains its folds: its graph must follow (make does; a hand-run fit must too)
+        trained_by = json.loads(manifests[how["model"]].read_text())["config_hash"]
+        nb.load_train_embeddings(path, ref["n_train"], trained_by)
         parts.append(nb.Graph(idx, sim, how["alpha"], k, how["power"]))
     labels = nb.one_hot(y, len(ref["classes"]))
 
@@ -391,7 +393,8 @@ def main(argv=None) -> None:
     common.add_argument("--neighbours", default=None, help="fit: the TF-IDF neighbour graph (foldstack.neighbours), "
                         "read when ensemble.yaml's neighbours > 0; default features/neighbours_k<neighbours_k>.npz")
     common.add_argument("--neighbours-embed", default=None, help="fit: the embedding neighbour graph, read when "
-                        "neighbours_embed > 0; default features/neighbours_k<neighbours_k>_<neighbours_embed_model>.npz")
+                        "neighbours_embed > 0 and neighbours_embed_model is a member; default "
+                        "features/neighbours_k<neighbours_k>_<neighbours_embed_model>.npz")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=config.keys_epilog("ensemble/ensemble.yaml", ("", Ensemble)))
     sub = ap.add_subparsers(dest="command", required=True)

@@ -1,15 +1,18 @@
 """neighbours stage: every train and test text -> its nearest texts, for transductive smoothing.
 
 Reads  data/processed/{train,test}.parquet (the joined `text` column); with --embed-model also the embed_lr model's
-       pooled sentence embeddings, from the cache its folds built (features/cache: foldstack.cache)
+       YAML and its pooled sentence embeddings of its text variant (`text` or `text_lemma`), from the cache its folds
+       built (features/cache: foldstack.cache; the cache's key also covers its augmented sets features/<set>.parquet)
 Writes features/neighbours_k<k>.npz  idx int32 [n_train + n_test, k]: row i's nearest other rows by TF-IDF cosine,
                                     nearest first (train rows 0..n_train-1, then the test rows); sim float32 [.., k]:
                                     their cosine similarity; n_train, n_test; text_sha (to refuse a stale graph)
        features/neighbours_k<k>_<model>.npz  (--embed-model) the same by sentence-embedding cosine, plus
-                                    train_embeddings float32 [n_train, H]: predict embeds only the new texts
+                                    train_embeddings float32 [n_train, H] (predict embeds only the new texts) and
+                                    model_hash (the embed_lr config's, as its manifest records it)
 Run    python -m foldstack.neighbours --k=10 --out=features/neighbours_k10.npz
-       python -m foldstack.neighbours --k=10 --embed-model=models/embed_lr.yaml --out=features/neighbours_k10_embed_lr.npz
-       (make submit builds them from ensemble.yaml's neighbours_k when `neighbours` / `neighbours_embed` are above 0)
+       python -m foldstack.neighbours --k=10 --embed-model=models/embed_lr.yaml \
+           --out=features/neighbours_k10_embed_lr.npz
+       (make submit builds them from ensemble.yaml's neighbours_k; the second only with an embed_lr member)
 
 The ensemble stage (ensemble.yaml `neighbours`, `neighbours_embed`) moves each member's probabilities for a row
 toward the vote of its nearest rows: a train row votes its label, a row being predicted votes its own prediction.
@@ -80,21 +83,24 @@ def build(texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
     return out_idx, out_sim
 
 
-def build_dense(E: np.ndarray, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """(idx, sim) as `build`, from dense embeddings [n, H] by cosine (exact, in chunks of rows)."""
+def build_dense(E: np.ndarray, k: int, chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(idx, sim) as `build`, from dense embeddings [n, H] by cosine (exact; equal similarities: the lower row
+    first, so training's graph and predict's pick the same voters)."""
     E = E / np.clip(np.linalg.norm(E, axis=1, keepdims=True), 1e-12, None)
     n = len(E)
     m = min(k, n - 1)
+    chunk = chunk or max(1, 2 ** 23 // n)  # rows per chunk: a float64 [chunk, n] block of ~64 MB
     out_idx = np.tile(np.arange(n, dtype=np.int32)[:, None], (1, k))
     out_sim = np.zeros((n, k), dtype=np.float32)
+    tie = np.arange(n) * 2.0 ** -45  # below float32's resolution of a cosine: it only orders equal ones
     for s in range(0, n, chunk):
         S = E[s:s + chunk] @ E.T
-        S[np.arange(len(S)), np.arange(s, s + len(S))] = -np.inf  # never a row's own neighbour
+        D = tie - S.astype(np.float64)  # ascending = most similar first
+        D[np.arange(len(D)), np.arange(s, s + len(D))] = np.inf  # never a row's own neighbour
         if m < 1:
             continue
-        top = np.argpartition(-S, m - 1, axis=1)[:, :m]
-        order = np.argsort(-np.take_along_axis(S, top, 1), axis=1, kind="stable")
-        top = np.take_along_axis(top, order, 1)
+        top = np.argpartition(D, m - 1, axis=1)[:, :m]
+        top = np.take_along_axis(top, np.argsort(np.take_along_axis(D, top, 1), axis=1), 1)
         out_idx[s:s + chunk, :m] = top
         out_sim[s:s + chunk, :m] = np.clip(np.take_along_axis(S, top, 1), 0.0, 1.0)
     return out_idx, out_sim
@@ -166,6 +172,24 @@ def load(path: Path, texts: list[str], n_train: int, k: int) -> tuple[np.ndarray
         return z["idx"], z["sim"]
 
 
+def graph_path(k: int, model: str | None = None) -> Path:
+    """Where a workspace keeps a graph: features/neighbours_k<k>.npz (TF-IDF) or ..._<model>.npz (embeddings)."""
+    return Path("features") / (f"neighbours_k{k}.npz" if model is None else f"neighbours_k{k}_{model}.npz")
+
+
+def load_train_embeddings(path: Path, n_train: int, model_hash: str) -> np.ndarray:
+    """An embedding graph file's train rows [n_train, H], which must come from the model config `model_hash` (its
+    manifest's config_hash); InputError otherwise."""
+    from .io import InputError
+    if not path.exists():
+        raise InputError(f"{path} not found: the blend smooths over embed_lr embeddings (make submit builds it)")
+    with np.load(path) as z:
+        if "model_hash" not in z or str(z["model_hash"]) != model_hash or len(z["train_embeddings"]) != n_train:
+            raise InputError(f"{path}: not the embeddings of these {n_train} train rows by the member's current "
+                             f"config; delete it and re-run make submit")
+        return z["train_embeddings"]
+
+
 def read_texts(path: Path) -> list[str]:
     """The joined `text` column of a processed table (prep's); InputError when the file is missing."""
     import pandas as pd
@@ -177,8 +201,9 @@ def read_texts(path: Path) -> list[str]:
 
 
 def embed_lr_table(model_path: Path, processed: Path, features: Path, cache_dir: Path):
-    """The embed_lr model's pooled embeddings [n_train + n_test, H] of the train and test rows (in its text
-    variant), read from the cache its folds built (foldstack.cache), or built now with the same key."""
+    """(The embed_lr model's pooled embeddings [n_train + n_test, H] of the train and test rows, in its text
+    variant, read from the cache its folds built (foldstack.cache) or built now with the same key; its config
+    hash, as its folds' manifest records it)."""
     import pandas as pd
 
     from .errors import ConfigError
@@ -191,7 +216,7 @@ def embed_lr_table(model_path: Path, processed: Path, features: Path, cache_dir:
     train, test = pd.read_parquet(processed / "train.parquet"), pd.read_parquet(processed / "test.parquet")
     column = "text_lemma" if cfg.text == "lemma" else "text"
     pooled = open_pooled(cfg.options, model_texts(cfg, train, test, read_augmented(cfg.augment, features)), cache_dir)
-    return pooled.embed(train[column].tolist() + test[column].tolist())
+    return pooled.embed(train[column].tolist() + test[column].tolist()), config.config_hash(cfg)
 
 
 @one_line_errors
@@ -211,9 +236,11 @@ def main(argv=None) -> None:
     texts = [read_texts(Path(args.processed) / f"{s}.parquet") for s in ("train", "test")]
     start, extra = time.perf_counter(), {}
     if args.embed_model:
-        E = embed_lr_table(Path(args.embed_model), Path(args.processed), Path(args.features), Path(args.cache_dir))
+        E, model_hash = embed_lr_table(Path(args.embed_model), Path(args.processed), Path(args.features),
+                                       Path(args.cache_dir))
         idx, sim = build_dense(E, args.k)
-        extra["train_embeddings"] = E[:len(texts[0])]  # predict embeds only the new texts
+        # predict embeds only the new texts; the hash ties the train rows' embeddings to the member's config
+        extra = {"train_embeddings": E[:len(texts[0])], "model_hash": model_hash}
     else:
         idx, sim = build(texts[0] + texts[1], args.k)
     with atomic_path(Path(args.out)) as tmp:

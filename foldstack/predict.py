@@ -19,8 +19,10 @@ its k fold models (and over seeds within a fold), then the blender fitted on all
 runs its frozen layers once for all folds into a temporary float16 cache, as training did, and each fold runs
 only its upper layers on it. A blend fitted with neighbour smoothing smooths each member's probabilities as the
 ensemble stage did: over graphs of the train texts and the new texts (foldstack.neighbours: TF-IDF, and an embed_lr
-member's embeddings), the train rows voting their labels (`--probs-dir` keeps the members' own, unsmoothed probabilities). Smoothing is transductive: a row's
-prediction depends on the other rows predicted with it, so predict a competition's whole test file at once.
+member's embeddings), the train rows voting their labels (`--probs-dir` keeps the members' own, unsmoothed
+probabilities). Smoothing is transductive: a row's prediction depends on the other rows predicted with it, so predict
+a competition's whole test file at once. The new texts' embeddings are computed afresh, in other batches than the
+cache's, so a near-tie between two neighbours can rank differently than in training: equal up to float rounding.
 """
 from __future__ import annotations
 
@@ -161,7 +163,6 @@ def predict_classical(cfg, files: list[list[Path]], texts: list[str], embedded: 
 
 def predict_members(layout: Layout, members: list[str], test: pd.DataFrame, comp, n_classes: int):
     """(each member's probabilities, each embed_lr member's embeddings of the new texts)."""
-    from .hidden_cache import embed_texts
     cfgs = {m: load_member_cfg(layout, m) for m in members}
     files = {m: fold_files(layout, m) for m in members}  # every file found before any model runs
     texts = member_texts(test, comp, cfgs)
@@ -172,8 +173,10 @@ def predict_members(layout: Layout, members: list[str], test: pd.DataFrame, comp
         if cfg.kind == "transformer":
             out[m] = predict_transformer(cfg, files[m], rows, n_classes, comp.multilabel)
         else:
-            embedded[m] = embed_texts(cfg.options, rows) if cfg.kind == "embed_lr" else None
-            out[m] = predict_classical(cfg, files[m], rows, embedded[m])
+            if cfg.kind == "embed_lr":  # torch only for a member that needs it
+                from .hidden_cache import embed_texts
+                embedded[m] = embed_texts(cfg.options, rows)
+            out[m] = predict_classical(cfg, files[m], rows, embedded.get(m))
         print(f"  {m}: {len(files[m])} folds, {len(rows) / (time.perf_counter() - t0):.0f} rows/s")
     return out, embedded
 
@@ -197,23 +200,13 @@ def smooth_members(layout: Layout, smoothing: dict, probs: dict, embedded: dict,
         graphs.append(nb.Graph(idx, sim, smoothing["alpha"], k, smoothing["power"]))
     if "embed" in smoothing:
         how = smoothing["embed"]
-        idx, sim = nb.build_dense(np.concatenate([train_embeddings(layout, k, how["model"], len(train)),
-                                                  embedded[how["model"]]]), k)
+        hashed = json.loads((layout.member_dir(how["model"]) / "manifest.json").read_text())["config_hash"]
+        trained = nb.load_train_embeddings(layout.root / nb.graph_path(k, how["model"]), len(train), hashed)
+        idx, sim = nb.build_dense(np.concatenate([trained, embedded[how["model"]]]), k)
         graphs.append(nb.Graph(idx, sim, how["alpha"], k, how["power"]))
     y = nb.one_hot(targets(train, len(info["classes"]), multilabel), len(info["classes"]))
     # float64 into the blender, as in training: a row on a threshold must not flip
     return {m: nb.smooth_test(p.astype(np.float64), y, graphs) for m, p in probs.items()}
-
-
-def train_embeddings(layout: Layout, k: int, model: str, n_train: int) -> np.ndarray:
-    """The embedding graph's train rows [n_train, H], as foldstack.neighbours stored them."""
-    path = layout.neighbour_graph(k, model)
-    if not path.exists():
-        raise InputError(f"{path} not found: the blend smooths over {model}'s embeddings (make submit builds it)")
-    with np.load(path) as z:
-        if "train_embeddings" not in z or len(z["train_embeddings"]) != n_train:
-            raise InputError(f"{path}: not the embedding graph of these {n_train} train rows; re-run make submit")
-        return z["train_embeddings"]
 
 
 def blend(layout: Layout, method: str, members: list[str], probs: dict) -> np.ndarray:

@@ -166,6 +166,13 @@ def test_makevars_renders_what_the_makefile_reads(tmp_path):
     ens.write_text("members: [c, m]\nneighbours: 0.3\nneighbours_k: 7\n")  # not a member of the blend: off
     lines = makevars.render(comp, models + [tmp_path / "embed_lr.yaml"], ens, pseudo).splitlines()
     assert "NEIGHBOURS_EMBED_MODEL :=" in lines
+    ens.write_text("neighbours: 0.3\nneighbours_embed: 0.3\n")  # all of the move by embeddings: no TF-IDF graph
+    lines = makevars.render(comp, models + [tmp_path / "embed_lr.yaml"], ens, pseudo).splitlines()
+    assert "NEIGHBOURS_K :=" in lines and "NEIGHBOURS_EMBED_MODEL := embed_lr" in lines
+    ens.write_text("neighbours: 0.3\nneighbours_embed_model: c\n")  # a tfidf_lr model has no embeddings
+    with pytest.raises(config.ConfigError, match=r"key 'neighbours_embed_model': 'c' is a tfidf_lr model, not "
+                                                 r"embed_lr"):
+        makevars.render(comp, models, ens, pseudo)
     ens.write_text("methods: [mean, stack_lr]\nsubmit: mean\nneighbours: 0.3\nneighbours_k: 7\n")
     pseudo.write_text("retrain: [c]\n")  # m keeps its round-0 folds in every pseudo-label round
     assert makevars.render(comp, models, ens, pseudo).splitlines()[-1] == "RETRAIN := c"

@@ -48,6 +48,9 @@ def test_the_embedding_graph_ranks_by_cosine_and_never_the_row_itself():
     np.testing.assert_allclose(sim[3, 0], 2 / np.hypot(2, 0.2), rtol=1e-6)  # cosine: the norms do not count
     idx, sim = nb.build_dense(E[:2], k=3)  # fewer rows than k: the missing places cast no vote
     assert idx[0, 0] == 1 and sim[0, 1:].max() == 0
+    # Duplicates tie: the lower rows vote, whatever the number of rows (training's graph and predict's agree)
+    idx, _ = nb.build_dense(np.ones((30, 3), np.float32), k=3, chunk=7)
+    assert idx[0].tolist() == [1, 2, 3] and idx[29].tolist() == [0, 1, 2]
 
 
 @pytest.mark.parametrize("two_graphs", [False, True])
@@ -172,24 +175,25 @@ def test_a_graph_of_other_texts_or_fewer_neighbours_is_refused_in_one_line(tmp_p
         ensemble.main(["fit", "--method=mean", "--config=" + str(ensemble_yaml(ws, neighbours=1.5))])
     with pytest.raises(SystemExit, match="key 'neighbours_power' must be above 0"):  # 0 ** 0 would let padding vote
         ensemble.main(["fit", "--method=mean", "--config=" + str(ensemble_yaml(ws, neighbours_power=0))])
-    with pytest.raises(SystemExit, match="key 'neighbours_embed' and neighbours must add up to less than 1"):
-        ensemble.main(["fit", "--method=mean", "--config=" + str(ensemble_yaml(ws, neighbours=0.5,
-                                                                                neighbours_embed=0.5))])
 
 
 def test_the_embedding_graph_smooths_only_a_blend_with_its_member(tmp_path, monkeypatch):
-    """neighbours_embed names an embed_lr member; its graph file joins the TF-IDF one, and a blend without that
-    member is not smoothed over it (predict could not embed the new texts)."""
+    """neighbours_embed is the embedding graph's share of the move, taken when its embed_lr member is in the blend
+    (predict embeds the new texts with it); its graph must carry that member's config hash."""
     ws = fake_workspace(tmp_path)
     tfidf = with_graph(ws)
     embed = ws / "features" / "neighbours_k4_good.npz"
+    manifest = ws / "folds" / "good" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "config_hash": "abc"}))
     with np.load(tfidf) as z:
-        np.savez(embed, **{key: z[key] for key in z.files}, train_embeddings=np.zeros((90, 2), np.float32))
+        np.savez(embed, **{key: z[key] for key in z.files}, train_embeddings=np.zeros((90, 2), np.float32),
+                 model_hash="abc")
     manifests = [str(p) for p in sorted(ws.glob("folds/*/manifest.json"))]
     proc, folds = ws / "data" / "processed", ws / "folds" / "folds.csv"
-    cfg = ensemble.Ensemble(neighbours=0.3, neighbours_k=4, neighbours_embed=0.2, neighbours_embed_model="good")
-    assert cfg.smoothing(["weak"]) == {"alpha": 0.3, "k": 4, "power": 3.0}
-    assert cfg.smoothing(["good", "weak"])["embed"] == {"alpha": 0.2, "power": 10.0, "model": "good"}
+    cfg = ensemble.Ensemble(neighbours=0.5, neighbours_k=4, neighbours_embed=0.2, neighbours_embed_model="good")
+    assert cfg.smoothing(["weak"]) == {"alpha": 0.5, "k": 4, "power": 3.0}  # all TF-IDF without the member
+    assert cfg.smoothing(["good", "weak"]) == {"alpha": 0.3, "k": 4, "power": 3.0,
+                                               "embed": {"alpha": 0.2, "power": 10.0, "model": "good"}}
     data = ensemble.load_members(manifests, cfg, proc, folds, {"tfidf": tfidf, "embed": embed})
     texts = [f"train text {i}" for i in range(90)] + [f"test text {i}" for i in range(20)]
     idx, sim = nb.load(tfidf, texts, 90, 4)
@@ -197,13 +201,21 @@ def test_the_embedding_graph_smooths_only_a_blend_with_its_member(tmp_path, monk
                                                                     nb.Graph(idx, sim, 0.2, 4, 10.0)])
     np.testing.assert_allclose(data.smoothed.test[:, 1], want)
     assert data.smoothed.smoothing == cfg.smoothing(["good", "weak"])
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "config_hash": "edited"}))
+    with pytest.raises(InputError, match=r"neighbours_k4_good.npz: not the embeddings of these 90 train rows by "
+                                         r"the member's current config"):
+        ensemble.load_members(manifests, cfg, proc, folds, {"tfidf": tfidf, "embed": embed})
     monkeypatch.chdir(ws)
-    ensemble_yaml(ws, neighbours=0.0, neighbours_k=4, neighbours_embed=0.2, neighbours_embed_model="good",
-                  methods=["mean"])
+    ensemble_yaml(ws, neighbours=0.2, neighbours_k=4, neighbours_embed=0.2, neighbours_embed_model="good",
+                  methods=["mean"])  # all of the move by embeddings: no TF-IDF graph is read
+    tfidf.unlink()
     embed.unlink()  # the default path, missing: one line naming it
     with pytest.raises(SystemExit) as exc:
         ensemble.main(["fit", "--method=mean"])
     assert "features/neighbours_k4_good.npz not found" in str(exc.value.code)
+    with pytest.raises(SystemExit, match="key 'neighbours_embed' must be at least 0 and at most neighbours"):
+        ensemble.main(["fit", "--method=mean", "--config=" + str(ensemble_yaml(ws, neighbours=0.1,
+                                                                                neighbours_embed=0.2))])
 
 
 def test_the_vote_is_the_same_in_chunks():

@@ -131,16 +131,16 @@ def test_neighbour_smoothing_predicts_like_training_in_the_workspace_and_a_bundl
     for name, keys in members.items():
         (ws / "models" / f"{name}.yaml").write_text(yaml.safe_dump(keys))
     (ws / "ensemble" / "ensemble.yaml").write_text(yaml.safe_dump(
-        {"methods": ["mean", "stack_lr"], "submit": "stack_lr", "neighbours": 0.4, "neighbours_k": 5,
-         "neighbours_embed": 0.3, "neighbours_use": "always"}))
+        {"methods": ["mean", "stack_lr"], "submit": "stack_lr", "neighbours": 0.6, "neighbours_k": 5,
+         "neighbours_embed": 0.2, "neighbours_use": "always"}))
     log = make(ws, "submit")
     assert "foldstack.neighbours --k=5 --out" in log and "foldstack.neighbours --k=5 --embed-model" in log
     assert json.loads((ws / "ensemble" / "stack_lr" / "scores.json").read_text())["neighbours"] == \
-        {"alpha": 0.4, "k": 5, "power": 3.0, "embed": {"alpha": 0.3, "power": 10.0, "model": "embed_lr"}}
+        {"alpha": 0.4, "k": 5, "power": 3.0, "embed": {"alpha": 0.2, "power": 10.0, "model": "embed_lr"}}
     make(ws, "export", f"DIR={tmp_path / 'bundle'}", "WHEELS=0")
     assert (tmp_path / "bundle" / "data" / "processed" / "train.parquet").exists()
     with np.load(tmp_path / "bundle" / "features" / "neighbours_k5_embed_lr.npz") as z:
-        assert z.files == ["train_embeddings"] and z["train_embeddings"].shape[0] == 90
+        assert sorted(z.files) == ["model_hash", "train_embeddings"] and z["train_embeddings"].shape[0] == 90
     shutil.copy(ws / "data" / "raw" / "test.csv", tmp_path / "test.csv")
     for where in (["--workspace", str(ws)], ["--bundle", str(tmp_path / "bundle")]):
         run_predict(*where, "test.csv", "--out=sub.csv", "--probs-dir=probs", cwd=tmp_path)
