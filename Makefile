@@ -227,7 +227,8 @@ ensemble_args = --config=$(ENSEMBLE_CFG) --competition=$(COMP) --manifests $(cal
   --ensemble-dir=$(call edir,$(1)) --submissions=$(call round_dir,submissions,$(1))
 ENSEMBLE_ARGS = $(call ensemble_args,$(ROUND))
 
-# Transductive smoothing's neighbour graph (foldstack.neighbours), when ensemble.yaml's `neighbours` is above 0: built
+# Transductive smoothing's TF-IDF neighbour graph (foldstack.neighbours), when its share of ensemble.yaml's `neighbours`
+# (the whole move minus `neighbours_embed` when the blend has an embed_lr member) is above 0: built
 # once from the processed texts, read by every blend of every round. k is in its name, so other edits of
 # ensemble.yaml never rebuild it (seconds on 20news, minutes at 100,000 rows).
 NEIGHBOURS := $(if $(NEIGHBOURS_K),features/neighbours_k$(NEIGHBOURS_K).npz)

@@ -171,14 +171,18 @@ def copy_train_texts(src: Path, dest: Path) -> None:
     train[[c for c in ("id", "text", "label", "labels") if c in train]].to_parquet(dest, index=False)
 
 
-def copy_train_embeddings(src: Path, dest: Path) -> None:
-    """The embedding graph's train rows, which predict joins to the new texts' embeddings (foldstack.predict)."""
+def copy_train_embeddings(layout: Layout, smoothing: dict, dest_root: Path) -> None:
+    """The embedding graph's train rows, which predict joins to the new texts' embeddings (foldstack.predict),
+    checked first against the member's config (a stale graph stops the export, not the offline prediction)."""
     import numpy as np
-    if not src.exists():
-        raise InputError(f"{src} not found: the blend smooths over its embeddings (run make submit)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with np.load(src) as z:
-        np.savez(dest, train_embeddings=z["train_embeddings"], model_hash=z["model_hash"])
+
+    from .neighbours import graph_path, load_train_embeddings
+    model, graph = smoothing["embed"]["model"], graph_path(smoothing["k"], smoothing["embed"]["model"])
+    model_hash = json.loads((layout.member_dir(model) / "manifest.json").read_text())["config_hash"]
+    n_train = json.loads((layout.member_dir(model) / "manifest.json").read_text())["n_train"]
+    embeddings = load_train_embeddings(layout.root / graph, n_train, model_hash)
+    (dest_root / graph).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(dest_root / graph, train_embeddings=embeddings, model_hash=model_hash)
 
 
 def save_backbone(name: str, dest: Path, weights: bool) -> None:
@@ -264,9 +268,7 @@ def _fill(layout: Layout, method: str, members: list[str], out: Path, tmp: Path,
     if smoothing:
         copy_train_texts(layout.classes.parent / "train.parquet", tmp / "data" / "processed" / "train.parquet")
     if smoothing and "embed" in smoothing:
-        from .neighbours import graph_path
-        graph = graph_path(smoothing["k"], smoothing["embed"]["model"])
-        copy_train_embeddings(layout.root / graph, tmp / graph)
+        copy_train_embeddings(layout, smoothing, tmp)
     for name in ("scores.json", "blender.pkl"):
         shutil.copy(layout.ensemble_dir / method / name, tmp / "ensemble" / method / name)
     save_json(tmp / "ensemble" / "leaderboard.json", {"chosen": method})

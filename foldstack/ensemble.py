@@ -82,7 +82,8 @@ class Ensemble:
         if not 0 <= self.neighbours < 1:
             bad.append(("neighbours", "must be at least 0 (off) and below 1"))
         if self.neighbours_embed < 0 or self.neighbours and self.neighbours_embed > self.neighbours:  # 0: all off
-            bad.append(("neighbours_embed", "must be at least 0 and at most neighbours (it is a share of that move)"))
+            bad.append(("neighbours_embed", "must be at least 0 and at most neighbours (it is a share of that move): "
+                        "lower it with neighbours"))
         if self.neighbours_k < 1:
             bad.append(("neighbours_k", "must be at least 1"))
         for key in ("neighbours_power", "neighbours_embed_power"):
@@ -393,7 +394,7 @@ def main(argv=None) -> None:
     common.add_argument("--neighbours", default=None, help="fit: the TF-IDF neighbour graph (foldstack.neighbours), "
                         "read when ensemble.yaml's neighbours > 0; default features/neighbours_k<neighbours_k>.npz")
     common.add_argument("--neighbours-embed", default=None, help="fit: the embedding neighbour graph, read when "
-                        "neighbours_embed > 0 and neighbours_embed_model is a member; default "
+                        "neighbours and neighbours_embed are > 0 and neighbours_embed_model is a member; default "
                         "features/neighbours_k<neighbours_k>_<neighbours_embed_model>.npz")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=config.keys_epilog("ensemble/ensemble.yaml", ("", Ensemble)))

@@ -50,16 +50,18 @@ def retrained(pseudo_path, names: list[str]) -> list[str]:
     return names if retrain is None else [n for n in names if n in retrain]
 
 
-def neighbours_embed_model(ens: Ensemble, ensemble_path, kinds: dict) -> str | None:
-    """The embed_lr member whose embeddings make the second neighbour graph, or None: as Ensemble.smoothing, on
-    when smoothing is, neighbours_embed > 0 and the model is a member of the blend (so a safe Make word)."""
-    name = ens.neighbours_embed_model
-    if not (ens.neighbours and ens.neighbours_embed) or name not in kinds or name not in (ens.members or kinds):
-        return None
-    if kinds[name] != "embed_lr":
+def neighbour_graphs(ens: Ensemble, ensemble_path, kinds: dict) -> tuple[bool, str | None]:
+    """(whether the TF-IDF graph is read, the embed_lr model of the embedding graph or None): exactly what
+    Ensemble.smoothing decides for the blend's members (a model's name is a safe Make word)."""
+    members = [m for m in (ens.members or kinds) if m in kinds]
+    smoothing = ens.smoothing(members)
+    if not smoothing:
+        return False, None
+    name = smoothing["embed"]["model"] if "embed" in smoothing else None
+    if name is not None and kinds[name] != "embed_lr":
         raise ConfigError(f"{ensemble_path}: key 'neighbours_embed_model': {name!r} is a {kinds[name]} model, not "
                           f"embed_lr (or set neighbours_embed: 0)")
-    return name
+    return bool(smoothing["alpha"]), name
 
 
 def render(comp_path, model_paths: list[str], ensemble_path, pseudo_path) -> str:
@@ -79,8 +81,7 @@ def render(comp_path, model_paths: list[str], ensemble_path, pseudo_path) -> str
     lines.append(f"CACHED := {' '.join(cached)}".rstrip())
     ens = config.load(Ensemble, ensemble_path)
     lines.append(f"METHODS := {' '.join(ens.methods)}")
-    embed = neighbours_embed_model(ens, ensemble_path, kinds)
-    tfidf = ens.neighbours and (not embed or ens.neighbours > ens.neighbours_embed)  # as Ensemble.smoothing's alpha
+    tfidf, embed = neighbour_graphs(ens, ensemble_path, kinds)
     lines.append(f"NEIGHBOURS_K := {ens.neighbours_k if tfidf else ''}".rstrip())
     lines.append(f"NEIGHBOURS_EMBED_MODEL := {embed or ''}".rstrip())
     lines.append(f"NEIGHBOURS_EMBED_K := {ens.neighbours_k if embed else ''}".rstrip())

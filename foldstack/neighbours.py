@@ -186,7 +186,7 @@ def load_train_embeddings(path: Path, n_train: int, model_hash: str) -> np.ndarr
     with np.load(path) as z:
         if "model_hash" not in z or str(z["model_hash"]) != model_hash or len(z["train_embeddings"]) != n_train:
             raise InputError(f"{path}: not the embeddings of these {n_train} train rows by the member's current "
-                             f"config; delete it and re-run make submit")
+                             f"config; delete it and re-run make submit (and export a bundle again)")
         return z["train_embeddings"]
 
 
