@@ -178,9 +178,9 @@ def copy_train_embeddings(layout: Layout, smoothing: dict, dest_root: Path) -> N
 
     from .neighbours import graph_path, load_train_embeddings
     model, graph = smoothing["embed"]["model"], graph_path(smoothing["k"], smoothing["embed"]["model"])
-    model_hash = json.loads((layout.member_dir(model) / "manifest.json").read_text())["config_hash"]
-    n_train = json.loads((layout.member_dir(model) / "manifest.json").read_text())["n_train"]
-    embeddings = load_train_embeddings(layout.root / graph, n_train, model_hash)
+    man = json.loads((layout.member_dir(model) / "manifest.json").read_text())
+    model_hash = man["config_hash"]
+    embeddings = load_train_embeddings(layout.root / graph, man["n_train"], model_hash)
     (dest_root / graph).parent.mkdir(parents=True, exist_ok=True)
     np.savez(dest_root / graph, train_embeddings=embeddings, model_hash=model_hash)
 

@@ -222,10 +222,9 @@ def neighbour_smoother(smoothing: dict, graphs: dict, y: np.ndarray, ref: dict, 
     if "embed" in smoothing:
         how = smoothing["embed"]
         path = graphs.get("embed") or nb.graph_path(k, how["model"])
-        idx, sim = nb.load(path, texts, ref["n_train"], k)
         # an edited embed_lr YAML retrains its folds: its graph must follow (make does; a hand-run fit must too)
         trained_by = json.loads(manifests[how["model"]].read_text())["config_hash"]
-        nb.load_train_embeddings(path, ref["n_train"], trained_by)
+        idx, sim = nb.load(path, texts, ref["n_train"], k, trained_by)
         parts.append(nb.Graph(idx, sim, how["alpha"], k, how["power"]))
     labels = nb.one_hot(y, len(ref["classes"]))
 

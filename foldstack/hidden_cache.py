@@ -160,9 +160,14 @@ def unique_texts(*columns) -> list[str]:
     return list(dict.fromkeys(t for col in columns for t in col))
 
 
+def text_column(cfg) -> str:
+    """The processed column of a model's text variant."""
+    return "text_lemma" if cfg.text == "lemma" else "text"
+
+
 def model_texts(cfg, train, test, extra) -> list[str]:
     """Every text a model can meet, in its text variant: train, test (pseudo rows are test texts), augmented rows."""
-    column = "text_lemma" if cfg.text == "lemma" else "text"
+    column = text_column(cfg)
     return unique_texts(train[column], test[column], [] if extra is None else extra[column])
 
 

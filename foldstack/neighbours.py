@@ -157,9 +157,11 @@ def one_hot(y: np.ndarray, n_classes: int) -> np.ndarray:
     return out
 
 
-def load(path: Path, texts: list[str], n_train: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(idx, sim) of a graph file (features/neighbours_k<k>.npz), which must have been built from `texts` (train
-    then test rows) with at least k neighbours per row; InputError otherwise."""
+def load(path: Path, texts: list[str], n_train: int, k: int,
+         model_hash: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(idx, sim) of a graph file (features/neighbours_k<k>[_<model>].npz), which must have been built from `texts`
+    (train then test rows) with at least k neighbours per row, and an embedding graph by the embed_lr config
+    `model_hash`; InputError otherwise."""
     from .io import InputError
     if not path.exists():
         raise InputError(f"{path} not found: ensemble.yaml's neighbours needs it (make {path})")
@@ -169,6 +171,8 @@ def load(path: Path, texts: list[str], n_train: int, k: int) -> tuple[np.ndarray
                 str(z["text_sha"]) != text_sha(texts) or z["idx"].shape[1] < k:
             raise InputError(f"{path}: built for other texts or a smaller neighbours_k ({built}; now "
                              f"{n_train} + {len(texts) - n_train}, k {k}); delete it and re-run make submit")
+        if model_hash is not None and str(z.get("model_hash")) != model_hash:
+            raise stale_embeddings(path, n_train)
         return z["idx"], z["sim"]
 
 
@@ -184,10 +188,15 @@ def load_train_embeddings(path: Path, n_train: int, model_hash: str) -> np.ndarr
     if not path.exists():
         raise InputError(f"{path} not found: the blend smooths over embed_lr embeddings (make submit builds it)")
     with np.load(path) as z:
-        if "model_hash" not in z or str(z["model_hash"]) != model_hash or len(z["train_embeddings"]) != n_train:
-            raise InputError(f"{path}: not the embeddings of these {n_train} train rows by the member's current "
-                             f"config; delete it and re-run make submit (and export a bundle again)")
+        if str(z.get("model_hash")) != model_hash or len(z["train_embeddings"]) != n_train:
+            raise stale_embeddings(path, n_train)
         return z["train_embeddings"]
+
+
+def stale_embeddings(path: Path, n_train: int):
+    from .io import InputError
+    return InputError(f"{path}: not the embeddings of these {n_train} train rows by the member's current config; "
+                      f"delete it and re-run make submit (and export a bundle again)")
 
 
 def read_texts(path: Path) -> list[str]:
@@ -207,14 +216,14 @@ def embed_lr_table(model_path: Path, processed: Path, features: Path, cache_dir:
     import pandas as pd
 
     from .errors import ConfigError
-    from .hidden_cache import model_texts, open_pooled
+    from .hidden_cache import model_texts, open_pooled, text_column
     from .io import read_augmented
     cfg = config.load(config.Model, model_path)
     if cfg.kind != "embed_lr":
         raise ConfigError(f"{model_path}: kind {cfg.kind!r}: ensemble.yaml's neighbours_embed_model must name an "
                           f"embed_lr model")
-    train, test = pd.read_parquet(processed / "train.parquet"), pd.read_parquet(processed / "test.parquet")
-    column = "text_lemma" if cfg.text == "lemma" else "text"
+    column = text_column(cfg)
+    train, test = (pd.read_parquet(processed / f"{part}.parquet", columns=[column]) for part in ("train", "test"))
     pooled = open_pooled(cfg.options, model_texts(cfg, train, test, read_augmented(cfg.augment, features)), cache_dir)
     return pooled.embed(train[column].tolist() + test[column].tolist()), config.config_hash(cfg)
 
