@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .batching import PAD_MULTIPLE, inference_batches, round_up
+from .text import text_column
 
 FP16_MAX = float(np.finfo(np.float16).max)
 
@@ -143,7 +144,7 @@ class CachedRows:
 
     def batch(self, idx: np.ndarray, multiple: int = PAD_MULTIPLE) -> dict[str, torch.Tensor]:
         """hidden [B, T, H] float32 (zeros past each row's end) and attention_mask [B, T], T a multiple of
-        `multiple` (batching.eval_plan's for predicting, 8 for training)."""
+        `multiple` (batching.width_multiple: 1 on a CPU, 8 on CUDA)."""
         lengths = self.lengths[idx]
         width = round_up(int(lengths.max()), multiple)
         hidden = np.zeros((len(idx), width, self.cache.hidden.shape[1]), dtype=np.float32)
@@ -158,11 +159,6 @@ class CachedRows:
 def unique_texts(*columns) -> list[str]:
     """Every distinct text of the given sequences, in first-seen order."""
     return list(dict.fromkeys(t for col in columns for t in col))
-
-
-def text_column(cfg) -> str:
-    """The processed column of a model's text variant."""
-    return "text_lemma" if cfg.text == "lemma" else "text"
 
 
 def model_texts(cfg, train, test, extra) -> list[str]:

@@ -35,6 +35,7 @@ import numpy as np
 
 from . import config
 from .errors import one_line_errors
+from .text import text_column
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,7 @@ def embed_lr_table(model_path: Path, processed: Path, features: Path, cache_dir:
     import pandas as pd
 
     from .errors import ConfigError
-    from .hidden_cache import model_texts, open_pooled, text_column
+    from .hidden_cache import model_texts, open_pooled
     from .io import read_augmented
     cfg = config.load(config.Model, model_path)
     if cfg.kind != "embed_lr":

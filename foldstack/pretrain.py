@@ -32,6 +32,7 @@ import torch
 from . import config
 from .errors import one_line_errors
 from .io import atomic_path
+from .text import text_column
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class Pretrain:
 
 def corpus_texts(train: pd.DataFrame, test: pd.DataFrame, cfg: Pretrain) -> list[str]:
     """The unlabelled texts to pretrain on: only the chosen text column is read."""
-    column = "text_lemma" if cfg.text == "lemma" else "text"
+    column = text_column(cfg)
     texts = train[column].tolist() + (test[column].tolist() if cfg.include_test else [])
     return [t for t in texts if t.strip()]
 
@@ -220,7 +221,7 @@ def main(argv=None) -> None:
         resolve_backbone(cfg.backbone)
     except BackboneError as err:
         raise config.ConfigError(f"{args.config}: key 'backbone': {err}") from None
-    column = "text_lemma" if cfg.text == "lemma" else "text"
+    column = text_column(cfg)
     train, test = (pd.read_parquet(p, columns=[column]) for p in (args.train, args.test))
     texts = corpus_texts(train, test, cfg)
     out = Path(args.out_dir)

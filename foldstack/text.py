@@ -15,6 +15,11 @@ TOKEN = re.compile(r"\w+|[^\w\s]")
 SPACE = re.compile(r"\s+")
 
 
+def text_column(cfg) -> str:
+    """The processed column holding a model's text variant (`text: raw | lemma` in its YAML)."""
+    return "text_lemma" if cfg.text == "lemma" else "text"
+
+
 def normalise(text: str) -> str:
     """Collapse every run of whitespace (newlines, tabs) to one space. Case is kept: cased encoders use it."""
     return SPACE.sub(" ", text).strip()

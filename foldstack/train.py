@@ -34,6 +34,7 @@ from .errors import one_line_errors
 from .folds import read_fold_ids, training_mask
 from .io import atomic_path, read_augmented, save_json
 from .labels import classes_json, join_targets, read_pseudo, targets, training_rows
+from .text import text_column
 
 
 def fit_transformer(cfg, comp, texts: dict, ys: dict, n_classes: int, log_path: Path, seed: int,
@@ -83,7 +84,7 @@ def run_fold(cfg, comp, train: pd.DataFrame, test: pd.DataFrame, fold_of: np.nda
     `extra` holds training-only rows (augmented copies: src_id + text columns); each takes its source's label.
     `pseudo` holds training-only test rows (id, fold, labels); fold `fold` takes those whose `fold` is `fold`.
     """
-    column = "text_lemma" if cfg.text == "lemma" else "text"
+    column = text_column(cfg)
     y = targets(train, n_classes, comp.multilabel)
     tr, val = training_mask(fold_of, fold), np.flatnonzero(fold_of == fold)
     train_texts, train_y = train[column][tr].tolist(), y[tr]
