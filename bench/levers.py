@@ -9,6 +9,7 @@ Levers (the first variant is foldstack's current choice):
   amp_train, amp_infer  bf16 autocast vs fp32 (inference also reports how often the argmax agrees)
   padding               length-bucketed dynamic padding vs random batches padded to their longest row (HF's
                         default) vs random batches padded to max_len
+  width_train           training batches exactly as wide as their longest row (CPU) vs a multiple of 8
   sorted_infer          length-sorted inference batches vs row order
   width_infer           CPU inference batches of at most 2,048 padded tokens, each as wide as its longest row, vs
                         eval_batch_size rows padded to a multiple of 8 (foldstack's plan until 2026-12) and others
@@ -125,6 +126,17 @@ def lever_padding(ctx: Ctx) -> dict:
                                                     ("collate", to_max_len))}
 
 
+def lever_width_train(ctx: Ctx) -> dict:
+    """Training batches as wide as their longest row (foldstack on a CPU) against widths rounded up to a multiple
+    of 8 (its plan until 2026-12, still CUDA's)."""
+    from foldstack.batching import PAD_MULTIPLE
+    from foldstack.trainer import make_batch
+    aligned = lambda rows, idx, pad_id, max_len, _: make_batch(rows, idx, pad_id, max_len, PAD_MULTIPLE)  # noqa: E731
+    model = ctx.model()
+    train = lambda: ctx.train(model)  # noqa: E731
+    return {"exact width": train, f"multiple of {PAD_MULTIPLE}": with_patches(train, ("make_batch", aligned))}
+
+
 def lever_sorted_infer(ctx: Ctx) -> dict:
     model = ctx.model()
     infer = lambda: ctx.infer(model)  # noqa: E731
@@ -231,6 +243,7 @@ def lever_compile_infer(ctx: Ctx) -> dict:
 LEVERS = {"amp_train": ("bf16 autocast, training", lever_amp_train),
           "amp_infer": ("bf16 autocast, inference", lever_amp_infer),
           "padding": ("length-bucketed padding, training", lever_padding),
+          "width_train": ("training batch width", lever_width_train),
           "sorted_infer": ("length-sorted inference", lever_sorted_infer),
           "width_infer": ("inference batch width", lever_width_infer),
           "attention": ("attention kernel, training", lever_attention),
