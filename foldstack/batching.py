@@ -24,9 +24,10 @@ CPU_EVAL_TOKENS = 2048
 def width_multiple(device_type: str) -> int:
     """What a batch's width rounds up to on this device: its longest row exactly on a CPU, a multiple of 8 on CUDA.
 
-    A CPU has no use for aligned widths, and the rounding is pure waste on short texts: bench/levers.py's
-    width_train measured exact widths 1.10x the training rows/s of multiples of 8 on the demo (64 tokens, fp32,
-    1 thread; padding 11% -> 3%). tcmalloc (the Makefile's MALLOC) keeps the extra shapes from fragmenting the heap.
+    A CPU has no use for aligned widths, and the rounding is waste on short texts: bench/levers.py's width_train
+    measured exact widths 1.12-1.14x the training rows/s of multiples of 8 on the demo (64 tokens, fp32, two
+    processes at 1 thread each; padding 11% -> 3%), and `make demo` in fp32 took 20.5 min instead of 21.5
+    (docs/performance.md). tcmalloc (the Makefile's MALLOC) keeps the extra shapes from fragmenting the heap.
     """
     return 1 if device_type == "cpu" else PAD_MULTIPLE
 
