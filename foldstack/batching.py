@@ -2,9 +2,9 @@
 
 Training batches are length-bucketed: rows are shuffled, cut into chunks of `BUCKET` batches, sorted by length
 inside a chunk, split into batches and the batches shuffled again — near-random batches that pad little. On a CPU
-every batch is exactly as wide as its longest row; on CUDA the width rounds up to a multiple of 8, the shapes
-tensor cores are built for (`width_multiple`). Inference batches are sorted by length (`eval_plan`); on a CPU they
-are also small.
+a fine-tuning batch is exactly as wide as its longest row; on CUDA the width rounds up to a multiple of 8, the
+shapes tensor cores are built for (`width_multiple`; masked-LM pretraining pads to multiples of 8 everywhere).
+Inference batches are sorted by length (`eval_plan`); on a CPU they are also small.
 """
 from __future__ import annotations
 

@@ -57,11 +57,11 @@ def test_levers_quick_runs_the_levers_that_patch_the_trainer(tmp_path, monkeypat
     model = tiny_workspace(tmp_path, monkeypatch, n_train=120)
     out = tmp_path / "levers.json"
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "levers.py"), "--train=data/processed/train.parquet",
-                           f"--model={model}", "--quick", "--only=padding,sorted_infer,width_infer", "--threads=1",
-                           f"--out={out}"], capture_output=True, text=True, cwd=tmp_path)
+                           f"--model={model}", "--quick", "--only=padding,width_train,sorted_infer,width_infer",
+                           "--threads=1", f"--out={out}"], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     levers = json.loads(out.read_text())["levers"]
-    assert set(levers) == {"padding", "sorted_infer", "width_infer"}
+    assert set(levers) == {"padding", "width_train", "sorted_infer", "width_infer"}
     for lever in levers.values():
         assert all(v["rate"] > 0 for v in lever["variants"].values())
     assert len(levers["width_infer"]["variants"]) == 5

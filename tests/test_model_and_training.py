@@ -142,8 +142,9 @@ def test_cpu_training_batches_are_exactly_as_wide_as_their_longest_row(tiny_bert
         return batch
     monkeypatch.setattr(trainer, "make_batch", spy)
     trainer.fit(build_model(cfg, 3), data, cfg, "accuracy", False, tok.pad_token_id, tmp_path / "log", seed=0)
-    assert len(seen) > 10, "10 training batches, then the validation and test batches"
-    assert all(width == longest for width, longest in seen)
+    training = seen[:10]  # then the validation and test batches, exact on a CPU since eval_plan
+    assert any(longest % 8 for _, longest in training), "some batch a multiple of 8 would have widened"
+    assert all(width == longest for width, longest in training)
 
 
 def test_accumulated_gradient_equals_full_batch_gradient(tiny_bert):
