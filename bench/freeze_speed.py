@@ -50,8 +50,7 @@ def measure(cfg, texts: list[str], y: np.ndarray, steps: int, cache_root: Path) 
         if i == 3:
             n, start = 0, time.perf_counter()
         with trainer.autocast(torch.device("cpu"), dtype):
-            batch = trainer.make_batch(rows, idx, tok.pad_token_id, cfg.max_len, trainer.width_multiple("cpu"))
-            logits = model(**batch)
+            logits = model(**trainer.make_batch(rows, idx, tok.pad_token_id, cfg.max_len))
         trainer.loss_fn(logits, torch.as_tensor(y[idx]), False).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -1,10 +1,9 @@
 """Tokenize once, truncate (head | tail | head_tail), and batch with little padding.
 
 Training batches are length-bucketed: rows are shuffled, cut into chunks of `BUCKET` batches, sorted by length
-inside a chunk, split into batches and the batches shuffled again — near-random batches that pad little. On a CPU
-a fine-tuning batch is exactly as wide as its longest row; on CUDA the width rounds up to a multiple of 8, the
-shapes tensor cores are built for (`width_multiple`; masked-LM pretraining pads to multiples of 8 everywhere).
-Inference batches are sorted by length (`eval_plan`); on a CPU they are also small.
+inside a chunk, split into batches and the batches shuffled again — near-random batches that pad little. Their
+padding goes to the longest row rounded up to a multiple of 8 (fewer distinct shapes, which keeps the allocator
+from fragmenting). Inference batches are sorted by length (`eval_plan`); on a CPU they are also small and exact.
 """
 from __future__ import annotations
 
@@ -19,17 +18,6 @@ PAD_MULTIPLE = 8
 # eval_batch_size (64) rows padded to a multiple of 8: 1.15x (demo, 64 tokens) and 1.18x (20news, 256 tokens) the
 # rows/s in fp32, 1.05-1.10x in bf16, with 1,024 and 4,096 slower; smaller batches keep the activations in cache.
 CPU_EVAL_TOKENS = 2048
-
-
-def width_multiple(device_type: str) -> int:
-    """What a batch's width rounds up to on this device: its longest row exactly on a CPU, a multiple of 8 on CUDA.
-
-    A CPU has no use for aligned widths, and the rounding is waste on short texts: bench/levers.py's width_train
-    measured exact widths 1.12-1.14x the training rows/s of multiples of 8 on the demo (64 tokens, fp32, two
-    processes at 1 thread each; padding 11% -> 3%), and `make demo` in fp32 took 20.5 min instead of 21.5
-    (docs/performance.md). tcmalloc (the Makefile's MALLOC) keeps the extra shapes from fragmenting the heap.
-    """
-    return 1 if device_type == "cpu" else PAD_MULTIPLE
 
 
 def truncate(ids: list[int], budget: int, mode: str) -> list[int]:
@@ -94,8 +82,8 @@ def eval_plan(lengths: np.ndarray, batch_size: int, device_type: str) -> tuple[l
     On a CPU: at most CPU_EVAL_TOKENS padded tokens per batch, each padded to its exact longest row. Elsewhere
     (CUDA): batch_size rows, padded to a multiple of 8, the widths tensor cores are built for."""
     if device_type == "cpu":
-        return eval_batches(lengths, batch_size, CPU_EVAL_TOKENS), width_multiple(device_type)
-    return eval_batches(lengths, batch_size), width_multiple(device_type)
+        return eval_batches(lengths, batch_size, CPU_EVAL_TOKENS), 1
+    return eval_batches(lengths, batch_size), PAD_MULTIPLE
 
 
 def inference_batches(seqs: list[np.ndarray], pad_id: int, max_len: int, batch_size: int, device: torch.device):

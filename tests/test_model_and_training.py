@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from foldstack import config, trainer
-from foldstack.batching import (CPU_EVAL_TOKENS, collate, encode, eval_plan, special_frame, train_batches, truncate,
-                                width_multiple)
+from foldstack.batching import CPU_EVAL_TOKENS, collate, encode, eval_plan, special_frame, train_batches, truncate
 from foldstack.encoder import attention_kernel, build_model, load_tokenizer
 from foldstack.optim import make_optimizer, make_scheduler, param_groups
 from foldstack.text import FIELD_SEP
@@ -126,25 +125,6 @@ def test_accumulation_steps_schedule_and_clipping_order(tiny_bert, tmp_path, mon
     assert calls == ["clip", "step"] * 8, "one clip right before each of ceil(10/3)=4 steps per epoch"
     assert res["val"].shape == (16, 3) and res["test"].shape == (8, 3)
     assert len((tmp_path / "log").read_text().splitlines()) == 2, "one log line per epoch"
-
-
-def test_cpu_training_batches_are_exactly_as_wide_as_their_longest_row(tiny_bert, tmp_path, monkeypatch):
-    """On a CPU the width is not rounded up (padding is waste there); CUDA keeps multiples of 8."""
-    assert width_multiple("cpu") == 1 and width_multiple("cuda") == 8
-    cfg = cfg_for(tiny_bert, batch_size=4, epochs=1)
-    tok = load_tokenizer(str(tiny_bert))
-    data, seen = fold_data(tok), []
-    real = trainer.make_batch
-
-    def spy(rows, idx, *args):
-        batch = real(rows, idx, *args)
-        seen.append((batch["input_ids"].shape[1], max(len(rows[i]) for i in idx)))
-        return batch
-    monkeypatch.setattr(trainer, "make_batch", spy)
-    trainer.fit(build_model(cfg, 3), data, cfg, "accuracy", False, tok.pad_token_id, tmp_path / "log", seed=0)
-    training = seen[:10]  # then the validation and test batches, exact on a CPU since eval_plan
-    assert any(longest % 8 for _, longest in training), "some batch a multiple of 8 would have widened"
-    assert all(width == longest for width, longest in training)
 
 
 def test_accumulated_gradient_equals_full_batch_gradient(tiny_bert):
