@@ -176,6 +176,7 @@ def load_rows(spec: dict) -> Rows:
     encode: same truncation for every setting, so all of them train on identical token ids)."""
     from foldstack.batching import encode
     from foldstack.encoder import load_tokenizer
+    from foldstack.text import text_column
     cfg, path = model_config(spec), Path(spec["train"])
     df = pd.read_parquet(path)
     if "label" not in df or df["label"].dtype.kind not in "iu":
@@ -186,7 +187,7 @@ def load_rows(spec: dict) -> Rows:
     pick = df.iloc[np.random.default_rng(0).permutation(len(df))[:need]]
     tokenizer = load_tokenizer(cfg.backbone)
     start = time.perf_counter()
-    ids = encode(tokenizer, pick["text_lemma" if cfg.text == "lemma" else "text"].tolist(), cfg.max_len,
+    ids = encode(tokenizer, pick[text_column(cfg)].tolist(), cfg.max_len,
                  cfg.truncation)
     secs = time.perf_counter() - start
     classes = path.parent / "classes.json"

@@ -31,6 +31,7 @@ from foldstack.batching import encode  # noqa: E402
 from foldstack.encoder import build_model, load_tokenizer  # noqa: E402
 from foldstack.hidden_cache import open_or_build, unique_texts  # noqa: E402
 from foldstack.optim import make_optimizer  # noqa: E402
+from foldstack.text import text_column  # noqa: E402
 
 
 def measure(cfg, texts: list[str], y: np.ndarray, steps: int, cache_root: Path) -> dict:
@@ -76,7 +77,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     cfg = config.load(config.Model, args.model, {"amp": args.amp} if args.amp else {})
     df = pd.read_parquet(args.train).head(args.rows)
-    column = "text_lemma" if cfg.text == "lemma" else "text"
+    column = text_column(cfg)
     texts, y = df[column].tolist(), df["label"].to_numpy()
     runs: dict[int, list[dict]] = {n: [] for n in args.frozen}
     for _ in range(args.reps):

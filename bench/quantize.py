@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from foldstack import config, fold_models, trainer  # noqa: E402
 from foldstack.batching import encode  # noqa: E402
 from foldstack.encoder import build_model, load_tokenizer  # noqa: E402
+from foldstack.text import text_column  # noqa: E402
 
 
 def quantized(model, per_channel: bool):
@@ -62,7 +63,7 @@ def main(argv=None) -> None:
     test = pd.read_parquet(ws / "data" / "processed" / "test.parquet").iloc[:args.rows]
     classes = json.loads((ws / "data" / "processed" / "classes.json").read_text())["classes"]
     tokenizer = load_tokenizer(cfg.backbone)
-    seqs = encode(tokenizer, test["text_lemma" if cfg.text == "lemma" else "text"].tolist(), cfg.max_len,
+    seqs = encode(tokenizer, test[text_column(cfg)].tolist(), cfg.max_len,
                   cfg.truncation)
     model = build_model(cfg, len(classes), pretrained=False)
     model.load_state_dict(fold_models.load(ws / "folds" / args.member / "fold0.safetensors"))
