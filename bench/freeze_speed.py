@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from foldstack import config, trainer  # noqa: E402
-from foldstack.batching import encode  # noqa: E402
+from foldstack.batching import encode, train_width_multiple  # noqa: E402
 from foldstack.encoder import build_model, load_tokenizer  # noqa: E402
 from foldstack.hidden_cache import open_or_build, unique_texts  # noqa: E402
 from foldstack.optim import make_optimizer  # noqa: E402
@@ -51,7 +51,8 @@ def measure(cfg, texts: list[str], y: np.ndarray, steps: int, cache_root: Path) 
         if i == 3:
             n, start = 0, time.perf_counter()
         with trainer.autocast(torch.device("cpu"), dtype):
-            logits = model(**trainer.make_batch(rows, idx, tok.pad_token_id, cfg.max_len))
+            batch = trainer.make_batch(rows, idx, tok.pad_token_id, cfg.max_len, train_width_multiple("cpu", dtype))
+            logits = model(**batch)
         trainer.loss_fn(logits, torch.as_tensor(y[idx]), False).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

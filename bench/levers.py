@@ -9,7 +9,8 @@ Levers (the first variant is foldstack's current choice):
   amp_train, amp_infer  bf16 autocast vs fp32 (inference also reports how often the argmax agrees)
   padding               length-bucketed dynamic padding vs random batches padded to their longest row (HF's
                         default) vs random batches padded to max_len
-  width_train           training batches padded to a multiple of 8 vs exactly as wide as their longest row
+  width_train           training batches exactly as wide as their longest row vs padded to a multiple of 8 (the
+                        first is foldstack's choice in fp32 on a CPU, the second in bf16)
   sorted_infer          length-sorted inference batches vs row order
   width_infer           CPU inference batches of at most 2,048 padded tokens, each as wide as its longest row, vs
                         eval_batch_size rows padded to a multiple of 8 (foldstack's plan until 2026-12) and others
@@ -127,14 +128,19 @@ def lever_padding(ctx: Ctx) -> dict:
 
 
 def lever_width_train(ctx: Ctx) -> dict:
-    """Training batches padded to a multiple of 8 (foldstack) against exactly their longest row. Exact widths
-    trained 1.12-1.14x faster in fp32 but raised the bf16 peak RSS past HF Trainer's (docs/performance.md)."""
-    from foldstack.batching import PAD_MULTIPLE
+    """Training batches exactly as wide as their longest row against widths rounded up to a multiple of 8.
+    foldstack's choice (the first variant) depends on the precision: exact in fp32 on a CPU, multiples of 8 in bf16
+    (batching.train_width_multiple)."""
+    from foldstack.batching import PAD_MULTIPLE, train_width_multiple
     from foldstack.trainer import make_batch
-    exact = lambda rows, idx, pad_id, max_len, *_: make_batch(rows, idx, pad_id, max_len, 1)  # noqa: E731
     model = ctx.model()
-    train = lambda: ctx.train(model)  # noqa: E731
-    return {f"multiple of {PAD_MULTIPLE}": train, "exact width": with_patches(train, ("make_batch", exact))}
+
+    def width(multiple: int):
+        pad = lambda rows, idx, pad_id, max_len, *_: make_batch(rows, idx, pad_id, max_len, multiple)  # noqa: E731
+        return with_patches(lambda: ctx.train(model), ("make_batch", pad))
+    variants = {"exact width": width(1), f"multiple of {PAD_MULTIPLE}": width(PAD_MULTIPLE)}
+    first = "exact width" if train_width_multiple("cpu", ctx.dtype) == 1 else f"multiple of {PAD_MULTIPLE}"
+    return {first: variants.pop(first), **variants}
 
 
 def lever_sorted_infer(ctx: Ctx) -> dict:

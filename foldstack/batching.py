@@ -1,9 +1,10 @@
 """Tokenize once, truncate (head | tail | head_tail), and batch with little padding.
 
 Training batches are length-bucketed: rows are shuffled, cut into chunks of `BUCKET` batches, sorted by length
-inside a chunk, split into batches and the batches shuffled again — near-random batches that pad little. Their
-padding goes to the longest row rounded up to a multiple of 8 (fewer distinct shapes, which keeps the allocator
-from fragmenting). Inference batches are sorted by length (`eval_plan`); on a CPU they are also small and exact.
+inside a chunk, split into batches and the batches shuffled again — near-random batches that pad little. A CPU
+training in fp32 pads each batch exactly to its longest row; bf16 and CUDA round the width up to a multiple of 8
+(`train_width_multiple`; masked-LM pretraining pads to multiples of 8 everywhere). Inference batches are sorted by
+length (`eval_plan`); on a CPU they are also small and exact.
 """
 from __future__ import annotations
 
@@ -18,6 +19,19 @@ PAD_MULTIPLE = 8
 # eval_batch_size (64) rows padded to a multiple of 8: 1.15x (demo, 64 tokens) and 1.18x (20news, 256 tokens) the
 # rows/s in fp32, 1.05-1.10x in bf16, with 1,024 and 4,096 slower; smaller batches keep the activations in cache.
 CPU_EVAL_TOKENS = 2048
+
+
+def train_width_multiple(device_type: str, dtype: torch.dtype | None) -> int:
+    """What a training batch's width rounds up to: exactly its longest row when a CPU trains in fp32 (dtype None),
+    a multiple of 8 otherwise.
+
+    In fp32 on a CPU the rounding is waste on short texts: bench/levers.py's width_train measured exact widths
+    1.12-1.14x the training rows/s (demo, 64 tokens, two processes at 1 thread each; padding 11% -> 3%), and
+    `make bench` in fp32 kept its peak RSS under HF Trainer's (1.03x). In bf16 the same change raised the bench's
+    peak RSS from 1.37 to 1.49 GB, past Trainer's 1.35 (likely, not verified: oneDNN builds its bf16 kernels per
+    shape, and exact widths make up to 8x the shapes), so bf16 keeps multiples of 8; CUDA's tensor cores want them.
+    """
+    return 1 if device_type == "cpu" and dtype is None else PAD_MULTIPLE
 
 
 def truncate(ids: list[int], budget: int, mode: str) -> list[int]:

@@ -144,7 +144,7 @@ class CachedRows:
 
     def batch(self, idx: np.ndarray, multiple: int = PAD_MULTIPLE) -> dict[str, torch.Tensor]:
         """hidden [B, T, H] float32 (zeros past each row's end) and attention_mask [B, T], T a multiple of
-        `multiple` (batching.eval_plan's for predicting, 8 for training)."""
+        `multiple` (batching.eval_plan's for predicting, train_width_multiple's for training)."""
         lengths = self.lengths[idx]
         width = round_up(int(lengths.max()), multiple)
         hidden = np.zeros((len(idx), width, self.cache.hidden.shape[1]), dtype=np.float32)

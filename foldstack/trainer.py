@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import metrics
-from .batching import PAD_MULTIPLE, collate, eval_plan, train_batches
+from .batching import PAD_MULTIPLE, collate, eval_plan, train_batches, train_width_multiple
 from .errors import kill_point
 from .optim import make_optimizer, make_scheduler
 
@@ -196,11 +196,12 @@ def train_epoch(model, data: FoldData, cfg, state: dict, rng, bar) -> float:
     model.train()
     batches = train_batches(row_lengths(data.train_ids), cfg.batch_size, rng)
     device, dtype, multilabel = state["device"], state["dtype"], state["multilabel"]
+    multiple = train_width_multiple(device.type, dtype)
     total = torch.zeros((), device=device)  # summed on the device: .item() every step would sync a GPU
     for b, idx in enumerate(batches):
         window_start = b - b % cfg.grad_accum
         window = min(cfg.grad_accum, len(batches) - window_start)  # the last window may be shorter
-        batch = to_device(make_batch(data.train_ids, idx, state["pad_id"], cfg.max_len), device)
+        batch = to_device(make_batch(data.train_ids, idx, state["pad_id"], cfg.max_len, multiple), device)
         y = torch.as_tensor(data.train_y[idx]).to(device)
         with autocast(device, dtype):
             logits = model(**batch)

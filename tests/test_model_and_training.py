@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from foldstack import config, trainer
-from foldstack.batching import CPU_EVAL_TOKENS, collate, encode, eval_plan, special_frame, train_batches, truncate
+from foldstack.batching import (CPU_EVAL_TOKENS, collate, encode, eval_plan, special_frame, train_batches,
+                                train_width_multiple, truncate)
 from foldstack.encoder import attention_kernel, build_model, load_tokenizer
 from foldstack.optim import make_optimizer, make_scheduler, param_groups
 from foldstack.text import FIELD_SEP
@@ -125,6 +126,30 @@ def test_accumulation_steps_schedule_and_clipping_order(tiny_bert, tmp_path, mon
     assert calls == ["clip", "step"] * 8, "one clip right before each of ceil(10/3)=4 steps per epoch"
     assert res["val"].shape == (16, 3) and res["test"].shape == (8, 3)
     assert len((tmp_path / "log").read_text().splitlines()) == 2, "one log line per epoch"
+
+
+@pytest.mark.parametrize("amp, exact", [("off", True), ("bf16", False)])
+def test_cpu_training_batches_are_exact_in_fp32_and_multiples_of_8_in_bf16(tiny_bert, tmp_path, monkeypatch, amp, exact):
+    """fp32 on a CPU pads a training batch only to its longest row; bf16 (and CUDA, any precision) to a multiple of 8."""
+    assert train_width_multiple("cpu", None) == 1
+    assert train_width_multiple("cpu", torch.bfloat16) == train_width_multiple("cuda", None) == 8
+    cfg = cfg_for(tiny_bert, batch_size=4, epochs=1, amp=amp)
+    tok = load_tokenizer(str(tiny_bert))
+    data, seen = fold_data(tok), []
+    real = trainer.make_batch
+
+    def spy(rows, idx, *args):
+        batch = real(rows, idx, *args)
+        seen.append((batch["input_ids"].shape[1], max(len(rows[i]) for i in idx)))
+        return batch
+    monkeypatch.setattr(trainer, "make_batch", spy)
+    trainer.fit(build_model(cfg, 3), data, cfg, "accuracy", False, tok.pad_token_id, tmp_path / "log", seed=0)
+    training = seen[:10]  # 40 rows in batches of 4; then come the validation and test batches
+    assert any(longest % 8 for _, longest in training), "no batch that a multiple of 8 would widen"
+    if exact:
+        assert all(width == longest for width, longest in training)
+    else:
+        assert all(width % 8 == 0 and width - longest < 8 for width, longest in training)
 
 
 def test_accumulated_gradient_equals_full_batch_gradient(tiny_bert):
