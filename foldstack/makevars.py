@@ -3,7 +3,7 @@
 Reads  data/competition.yaml, every models/<m>.yaml, the ensemble and pseudo-label configs
 Writes build/vars.mk   N_FOLDS, RAW (the competition's files), DEPS_<m> (files model m's folds need beyond its YAML:
                        augmented sets, a `make pretrain` backbone), CACHED (the models whose folds share a cache
-                       built first: foldstack.cache), METHODS (the ensemble's blends), NEIGHBOURS_K (the
+                       built first: foldstack.cache), TRANSFORMERS (the models of kind transformer), METHODS (the ensemble's blends), NEIGHBOURS_K (the
                        TF-IDF neighbour graph's k when the ensemble smooths over it, else empty),
                        NEIGHBOURS_EMBED_MODEL / _K (the embedding graph's embed_lr member and k, else empty),
                        RETRAIN (the models pseudo-label rounds retrain; the others keep their round-0 folds)
@@ -79,6 +79,7 @@ def render(comp_path, model_paths: list[str], ensemble_path, pseudo_path) -> str
         lines.append(f"DEPS_{names[-1]} := {' '.join(deps)}".rstrip())
         cached += [names[-1]] if config.shares_cache(cfg) else []
     lines.append(f"CACHED := {' '.join(cached)}".rstrip())
+    lines.append(f"TRANSFORMERS := {' '.join(n for n in names if kinds[n] == 'transformer')}".rstrip())
     ens = config.load(Ensemble, ensemble_path)
     lines.append(f"METHODS := {' '.join(ens.methods)}")
     tfidf, embed = neighbour_graphs(ens, ensemble_path, kinds)

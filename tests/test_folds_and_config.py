@@ -157,7 +157,8 @@ def test_makevars_renders_what_the_makefile_reads(tmp_path):
     models = [tmp_path / "m.yaml", tmp_path / "c.yaml"]
     lines = makevars.render(comp, models, ens, pseudo).splitlines()[1:]
     assert lines == ["N_FOLDS := 3", "RAW := raw/tr.csv data/raw/test.csv data/raw/sample_submission.csv",
-                     "DEPS_c :=", "DEPS_m := features/eda.parquet", "CACHED := m", "METHODS := mean stack_lr",
+                     "DEPS_c :=", "DEPS_m := features/eda.parquet", "CACHED := m", "TRANSFORMERS := m",
+                     "METHODS := mean stack_lr",
                      "NEIGHBOURS_K := 7", "NEIGHBOURS_EMBED_MODEL :=", "NEIGHBOURS_EMBED_K :=",
                      "RETRAIN := c m"]
     (tmp_path / "embed_lr.yaml").write_text("kind: embed_lr\n")  # the embedding graph's model, a member: on
