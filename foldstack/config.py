@@ -368,6 +368,11 @@ def config_hash(cfg) -> str:
 PRETRAIN_DIR = "models/pretrain"
 
 
+def uses_encoder(cfg: Model) -> bool:
+    """A model that runs a transformer backbone (and so torch): a transformer, or embed_lr's frozen encoder."""
+    return cfg.kind in ("transformer", "embed_lr")
+
+
 def shares_cache(cfg: Model) -> bool:
     """A model whose folds read one cache computed once (foldstack.hidden_cache): a transformer with frozen layers,
     embed_lr's pooled embeddings. `make folds` builds it as its own job before the folds (foldstack.cache)."""

