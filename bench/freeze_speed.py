@@ -46,13 +46,12 @@ def measure(cfg, texts: list[str], y: np.ndarray, steps: int, cache_root: Path) 
     opt, dtype = make_optimizer(model, cfg), trainer.amp_dtype(cfg.amp, torch.device("cpu"))
     batches = trainer.train_batches(trainer.row_lengths(rows), cfg.batch_size, np.random.default_rng(0))
     batches = (batches * (1 + (steps + 3) // len(batches)))[:steps + 3]  # few rows: go round again
-    n, start = 0, None
+    n, start, multiple = 0, None, train_width_multiple("cpu", dtype)
     for i, idx in enumerate(batches):
         if i == 3:
             n, start = 0, time.perf_counter()
         with trainer.autocast(torch.device("cpu"), dtype):
-            batch = trainer.make_batch(rows, idx, tok.pad_token_id, cfg.max_len, train_width_multiple("cpu", dtype))
-            logits = model(**batch)
+            logits = model(**trainer.make_batch(rows, idx, tok.pad_token_id, cfg.max_len, multiple))
         trainer.loss_fn(logits, torch.as_tensor(y[idx]), False).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

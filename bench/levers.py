@@ -106,6 +106,7 @@ def with_patches(fn, *patches):
 
 
 def lever_amp_train(ctx: Ctx) -> dict:
+    """bf16 autocast against fp32, each at its own training width (multiples of 8 and exact: train_width_multiple)."""
     model = ctx.model()
     return {"bf16 autocast": lambda: ctx.train(model, ctx.bf16), "fp32": lambda: ctx.train(model, None)}
 

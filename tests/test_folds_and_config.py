@@ -216,3 +216,33 @@ def test_make_folds_without_a_model_says_so_in_one_line(tmp_path):
     done = subprocess.run(["make", "--no-print-directory", "-C", str(ws), "folds"], capture_output=True, text=True)
     assert done.returncode != 0 and "no models/*.yaml here" in done.stderr
     assert "usage:" not in done.stderr  # not report.py's argparse complaint
+
+
+@pytest.mark.slow
+def test_make_demo_holds_back_only_a_lone_last_wave_transformer_fold(tmp_path, tiny_bert):
+    """demo-waves trains every fold but the transformers' lone last-wave fold, which `make -j 1 folds` then trains
+    alone on every core; a full last wave, one job or more jobs than folds hold nothing back."""
+    from tests.conftest import FAST, make, workspace, write_competition
+    ws = workspace(tmp_path, {"text": ["text"], "label": "label", "n_folds": 3},
+                   {"m": {"backbone": str(tiny_bert), "max_len": 32}, "svm": {"kind": "tfidf_svm",
+                                                                              "params": FAST["tfidf_svm"]}})
+    write_competition(ws, n_folds=3)
+    for jobs, held in ((1, None), (2, 2), (3, None), (4, None)):
+        plan = make(ws, f"DEMO_JOBS={jobs}", "demo-waves", dry=True)
+        trained = set(re.findall(r"foldstack\.train --model=models/(\w+)\.yaml --fold=(\d)", plan))
+        assert trained == {(m, str(f)) for m in ("m", "svm") for f in range(3)} - {("m", str(held))}, jobs
+
+
+@pytest.mark.slow
+def test_a_classical_fold_never_imports_torch(tmp_path):
+    import subprocess
+    import sys
+    from tests.conftest import FAST, make, workspace, write_competition
+    ws = workspace(tmp_path, {"text": ["text"], "label": "label", "n_folds": 3},
+                   {"svm": {"kind": "tfidf_svm", "params": FAST["tfidf_svm"]}})
+    write_competition(ws, n_folds=3)
+    make(ws, "folds/folds.csv")
+    code = ("import sys; from foldstack import train; train.main(['--model=models/svm.yaml', '--fold=0', "
+            "'--out-dir=folds/svm']); print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ws, capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-1] == "False"

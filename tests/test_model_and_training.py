@@ -129,7 +129,7 @@ def test_accumulation_steps_schedule_and_clipping_order(tiny_bert, tmp_path, mon
 
 
 @pytest.mark.parametrize("amp, exact", [("off", True), ("bf16", False)])
-def test_cpu_training_batches_are_exact_in_fp32_and_multiples_of_8_in_bf16(tiny_bert, tmp_path, monkeypatch, amp, exact):
+def test_cpu_training_width_exact_in_fp32_multiple_of_8_in_bf16(tiny_bert, tmp_path, monkeypatch, amp, exact):
     """fp32 on a CPU pads a training batch only to its longest row; bf16 (and CUDA, any precision) to a multiple of 8."""
     assert train_width_multiple("cpu", None) == 1
     assert train_width_multiple("cpu", torch.bfloat16) == train_width_multiple("cuda", None) == 8
