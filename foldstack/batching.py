@@ -28,7 +28,7 @@ def train_width_multiple(device_type: str, dtype: torch.dtype | None) -> int:
     In fp32 on a CPU the rounding is waste on short texts: bench/levers.py's width_train measured exact widths
     1.12-1.14x the training rows/s (demo, 64 tokens, two processes at 1 thread each; padding 11% -> 3%), and
     `make bench` in fp32 kept its peak RSS under HF Trainer's (1.03x). In bf16 the same change raised the bench's
-    peak RSS from 1.37 to 1.49 GB, past Trainer's 1.35 (likely, not verified: oneDNN builds its bf16 kernels per
+    peak RSS from 1.25 to 1.49 GB, past Trainer's 1.35 (likely, not verified: oneDNN builds its bf16 kernels per
     shape, and exact widths make up to 8x the shapes), so bf16 keeps multiples of 8; CUDA's tensor cores want them.
     """
     return 1 if device_type == "cpu" and dtype is None else PAD_MULTIPLE
