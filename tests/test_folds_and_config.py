@@ -223,9 +223,9 @@ def test_make_demo_holds_back_only_a_lone_last_wave_transformer_fold(tmp_path, t
     """demo-waves trains every fold but the transformers' lone last-wave fold, which `make -j 1 folds` then trains
     alone on every core; a full last wave, one job or more jobs than folds hold nothing back."""
     from tests.conftest import FAST, make, workspace, write_competition
-    ws = workspace(tmp_path, {"text": ["text"], "label": "label", "n_folds": 3},
-                   {"m": {"backbone": str(tiny_bert), "max_len": 32}, "svm": {"kind": "tfidf_svm",
-                                                                              "params": FAST["tfidf_svm"]}})
+    models = {"m": {"backbone": str(tiny_bert), "max_len": 32},
+              "svm": {"kind": "tfidf_svm", "params": FAST["tfidf_svm"]}}
+    ws = workspace(tmp_path, {"text": ["text"], "label": "label", "n_folds": 3}, models)
     write_competition(ws, n_folds=3)
     for jobs, held in ((1, None), (2, 2), (3, None), (4, None)):
         plan = make(ws, f"DEMO_JOBS={jobs}", "demo-waves", dry=True)
