@@ -145,7 +145,7 @@ demo: setup  ## setup + the whole pipeline on the demo competition, then its tes
 	$(MAKE) score
 
 ifneq ($(filter demo-waves,$(MAKECMDGOALS)),)
-demo_tf_folds := $(words $(foreach m,$(TRANSFORMERS),$(FOLD_IDS)))
+demo_tf_folds := ($(words $(TRANSFORMERS)) * $(N_FOLDS))
 demo_tail := $(if $(filter 1,$(shell echo $$(($(demo_tf_folds) > $(DEMO_JOBS) && $(demo_tf_folds) % $(DEMO_JOBS) == 1)))),\
   $(call mdir,$(lastword $(TRANSFORMERS)),$(ROUND))/fold$(lastword $(FOLD_IDS)).npz)
 demo-waves: $(filter-out $(demo_tail),$(foreach m,$(MODELS),$(FOLD_IDS:%=$(call mdir,$(m),$(ROUND))/fold%.npz)))

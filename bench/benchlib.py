@@ -187,8 +187,7 @@ def load_rows(spec: dict) -> Rows:
     pick = df.iloc[np.random.default_rng(0).permutation(len(df))[:need]]
     tokenizer = load_tokenizer(cfg.backbone)
     start = time.perf_counter()
-    ids = encode(tokenizer, pick[text_column(cfg)].tolist(), cfg.max_len,
-                 cfg.truncation)
+    ids = encode(tokenizer, pick[text_column(cfg)].tolist(), cfg.max_len, cfg.truncation)
     secs = time.perf_counter() - start
     classes = path.parent / "classes.json"
     n_classes = len(json.loads(classes.read_text())["classes"]) if classes.exists() else int(df["label"].max()) + 1

@@ -63,8 +63,7 @@ def main(argv=None) -> None:
     test = pd.read_parquet(ws / "data" / "processed" / "test.parquet").iloc[:args.rows]
     classes = json.loads((ws / "data" / "processed" / "classes.json").read_text())["classes"]
     tokenizer = load_tokenizer(cfg.backbone)
-    seqs = encode(tokenizer, test[text_column(cfg)].tolist(), cfg.max_len,
-                  cfg.truncation)
+    seqs = encode(tokenizer, test[text_column(cfg)].tolist(), cfg.max_len, cfg.truncation)
     model = build_model(cfg, len(classes), pretrained=False)
     model.load_state_dict(fold_models.load(ws / "folds" / args.member / "fold0.safetensors"))
     settings = {"fp32": model, "int8 per-tensor": quantized(model, False), "int8 per-channel": quantized(model, True)}

@@ -122,7 +122,7 @@ def average_seeds(runs: list[dict], comp, val_y: np.ndarray) -> dict:
 def open_cache(cfg, train: pd.DataFrame, test: pd.DataFrame, extra: pd.DataFrame | None, root: Path,
                n_classes: int):
     """The model's cache (hidden_cache.open_for_model; `make folds` built it first with foldstack.cache), or None."""
-    if not config.shares_cache(cfg):
+    if not config.shares_cache(cfg):  # (before importing hidden_cache, which imports torch)
         return None
     from .hidden_cache import model_texts, open_for_model
     t0 = time.perf_counter()
