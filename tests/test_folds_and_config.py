@@ -218,19 +218,44 @@ def test_make_folds_without_a_model_says_so_in_one_line(tmp_path):
     assert "usage:" not in done.stderr  # not report.py's argparse complaint
 
 
-@pytest.mark.slow
-def test_make_demo_holds_back_only_a_lone_last_wave_transformer_fold(tmp_path, tiny_bert):
-    """demo-waves trains every fold but the transformers' lone last-wave fold, which `make -j 1 folds` then trains
-    alone on every core; a full last wave, one job or more jobs than folds hold nothing back."""
-    from tests.conftest import FAST, make, workspace, write_competition
+def plan_workspace(tmp_path, tiny_bert):
+    """A tiny transformer and a classical member, 3 folds."""
+    from tests.conftest import FAST, workspace, write_competition
     models = {"m": {"backbone": str(tiny_bert), "max_len": 32},
               "svm": {"kind": "tfidf_svm", "params": FAST["tfidf_svm"]}}
     ws = workspace(tmp_path, {"text": ["text"], "label": "label", "n_folds": 3}, models)
     write_competition(ws, n_folds=3)
+    return ws
+
+
+@pytest.mark.slow
+def test_fold_waves_hold_back_only_a_lone_last_wave_transformer_fold(tmp_path, tiny_bert):
+    """fold-waves trains every fold but the transformers' lone last-wave fold, which `make -j 1` then trains alone on
+    every core; a full last wave, one job or more jobs than folds hold nothing back."""
+    from tests.conftest import make
+    ws = plan_workspace(tmp_path, tiny_bert)
     for jobs, held in ((1, None), (2, 2), (3, None), (4, None)):
-        plan = make(ws, f"DEMO_JOBS={jobs}", "demo-waves", dry=True)
+        plan = make(ws, f"FOLD_JOBS={jobs}", "fold-waves", dry=True)
         trained = set(re.findall(r"foldstack\.train --model=models/(\w+)\.yaml --fold=(\d)", plan))
         assert trained == {(m, str(f)) for m in ("m", "svm") for f in range(3)} - {("m", str(held))}, jobs
+
+
+@pytest.mark.slow
+def test_make_j2_folds_trains_the_lone_last_fold_alone_on_every_core(tmp_path, tiny_bert):
+    """`make -j 2 folds`: the transformer's folds 0-1 train side by side on half the cores each, then fold 2 alone
+    on all of them (the thread counts each fold records), and every model is gathered."""
+    import json
+    import os
+    import subprocess
+    ws = plan_workspace(tmp_path, tiny_bert)
+    env = {**{k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}, "HF_HUB_OFFLINE": "1"}  # its own threads
+    done = subprocess.run(["make", "--no-print-directory", "-C", str(ws), "-j", "2", "folds"], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    cores = len(os.sched_getaffinity(0))
+    threads = [json.loads((ws / "folds" / "m" / f"fold{f}.json").read_text())["threads"] for f in range(3)]
+    assert threads == [max(1, cores // 2)] * 2 + [cores]
+    assert all((ws / "folds" / m / "manifest.json").exists() for m in ("m", "svm"))
 
 
 @pytest.mark.slow
