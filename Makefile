@@ -225,8 +225,9 @@ $(foreach r,$(ROUNDS),$(foreach m,$(if $(filter 0,$(r)),$(MODELS),$(RETRAIN)),$(
 # own (the fifth of 5 on 2 cores): every other fold N at a time (fold-waves), then that fold alone on every core
 # (`make -j 1`). On one thread it would leave the other cores idle once the rest were done; on two it trains
 # 1.5-1.7x faster (docs/performance.md). The plan, not the timing, sets each fold's thread count, so a re-run gives
-# the same numbers. `make -n`, RUNNER=ray and goals beside folds (`make -j 2 submit` too) build the folds in one step.
-plan_folds := $(if $(DRY)$(RUNNER)$(filter-out folds,$(MAKECMDGOALS)),,$(filter folds,$(MAKECMDGOALS)))
+# the same numbers. `make -n`, RUNNER=ray, GPUS (a GPU fold gains nothing from more CPU threads) and goals beside
+# folds (`make -j 2 submit` too) build the folds in one step.
+plan_folds := $(if $(DRY)$(RUNNER)$(GPUS)$(filter-out folds,$(MAKECMDGOALS)),,$(filter folds,$(MAKECMDGOALS)))
 no_models = $(if $(MODELS),,$(error no models/*.yaml here: copy one from $(ROOT)/models/ (foldstack init ships the \
   default set)))
 ifeq ($(plan_folds),)
@@ -244,6 +245,7 @@ endif
 # fold-waves: every fold of this round but, with FOLD_JOBS at a time, a lone last-wave one (the last fold of the last
 # transformer this round trains)
 ifneq ($(filter fold-waves,$(MAKECMDGOALS)),)
+FOLD_JOBS ?= 1
 round_tf := $(if $(filter 0,$(ROUND)),$(TRANSFORMERS),$(filter $(RETRAIN),$(TRANSFORMERS)))
 tf_folds := ($(words $(round_tf)) * $(N_FOLDS))
 fold_tail := $(if $(filter 1,$(shell echo $$(($(tf_folds) > $(FOLD_JOBS) && $(tf_folds) % $(FOLD_JOBS) == 1)))),\
