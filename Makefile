@@ -221,13 +221,17 @@ $(call mdir,$(1),$(2))/manifest.json: $(call stamp,$(FOLD_IDS:%=$(call mdir,$(1)
 endef
 $(foreach r,$(ROUNDS),$(foreach m,$(if $(filter 0,$(r)),$(MODELS),$(RETRAIN)),$(eval $(call MODEL_RULES,$(m),$(r)))))
 
-# `make -j N folds` (N > 1) trains in two steps when the transformers' folds leave one fold for a last wave of its
+# `make -j N folds` trains in two steps when the transformers' folds still to train leave one for a last wave of its
 # own (the fifth of 5 on 2 cores): every other fold N at a time (fold-waves), then that fold alone on every core
-# (`make -j 1`). On one thread it would leave the other cores idle once the rest were done; on two it trains
-# 1.5-1.7x faster (docs/performance.md). The plan, not the timing, sets each fold's thread count, so a re-run gives
-# the same numbers. `make -n`, RUNNER=ray, GPUS (a GPU fold gains nothing from more CPU threads) and goals beside
-# folds (`make -j 2 submit` too) build the folds in one step.
-plan_folds := $(if $(DRY)$(RUNNER)$(GPUS)$(filter-out folds,$(MAKECMDGOALS)),,$(filter folds,$(MAKECMDGOALS)))
+# (JOBS=1), and the gathers. On one thread it would leave the other cores idle once the rest were done; on two it
+# trains 1.5-1.7x faster (docs/performance.md). The plan, not the timing, sets each fold's thread count, so a re-run
+# gives the same numbers. One step, as plain `make` runs it, under FOLD_PLAN=0, `make -n`, `-k` (a failed fold must
+# not stop the rest), bare `-j`, OMP_NUM_THREADS (the lone fold could not use more cores), RUNNER=ray, GPUS (a GPU
+# fold gains nothing from CPU threads), and for goals beside folds (`make -j 2 submit` too).
+FOLD_PLAN ?= 1
+KEEP_GOING := $(findstring k,$(filter-out --%,$(firstword -$(MAKEFLAGS))))
+plan_folds := $(if $(filter-out 1,$(FOLD_PLAN))$(DRY)$(KEEP_GOING)$(OMP_NUM_THREADS)$(RUNNER)$(GPUS)$(filter-out \
+  folds,$(MAKECMDGOALS)),,$(filter folds,$(MAKECMDGOALS)))
 no_models = $(if $(MODELS),,$(error no models/*.yaml here: copy one from $(ROOT)/models/ (foldstack init ships the \
   default set)))
 ifeq ($(plan_folds),)
@@ -237,20 +241,21 @@ folds: $(MANIFESTS)  ## k-fold training of every models/*.yaml -> folds/<m>/{oof
 else
 folds:
 	$(no_models)
-	@$(MAKE) --no-print-directory fold-waves FOLD_JOBS=$(JOBS)
-	@$(MAKE) --no-print-directory -j 1 $(MANIFESTS)
+	@$(MAKE) --no-print-directory $(if $(filter -j,$(MAKEFLAGS)),$(MANIFESTS),fold-waves FOLD_JOBS=$(JOBS))
+	@$(MAKE) --no-print-directory JOBS=1 $(MANIFESTS)
 	@$(PY) -m foldstack.report --summary $(MANIFESTS)
 endif
 
-# fold-waves: every fold of this round but, with FOLD_JOBS at a time, a lone last-wave one (the last fold of the last
-# transformer this round trains)
+# fold-waves: every fold of this round but, FOLD_JOBS at a time, a lone last-wave one: the last of the transformers'
+# folds this round has still to train (a resumed run counts only those)
 ifneq ($(filter fold-waves,$(MAKECMDGOALS)),)
 FOLD_JOBS ?= 1
+round_folds = $(FOLD_IDS:%=$(call mdir,$(1),$(ROUND))/fold%.npz)
 round_tf := $(if $(filter 0,$(ROUND)),$(TRANSFORMERS),$(filter $(RETRAIN),$(TRANSFORMERS)))
-tf_folds := ($(words $(round_tf)) * $(N_FOLDS))
-fold_tail := $(if $(filter 1,$(shell echo $$(($(tf_folds) > $(FOLD_JOBS) && $(tf_folds) % $(FOLD_JOBS) == 1)))),\
-  $(call mdir,$(lastword $(round_tf)),$(ROUND))/fold$(lastword $(FOLD_IDS)).npz)
-fold-waves: $(filter-out $(fold_tail),$(foreach m,$(MODELS),$(FOLD_IDS:%=$(call mdir,$(m),$(ROUND))/fold%.npz)))
+tf_todo := $(foreach m,$(round_tf),$(filter-out $(wildcard $(call round_folds,$(m))),$(call round_folds,$(m))))
+fold_tail := $(if $(filter 1,$(shell echo $$(($(words $(tf_todo)) > $(FOLD_JOBS) && \
+  $(words $(tf_todo)) % $(FOLD_JOBS) == 1)))),$(lastword $(tf_todo)))
+fold-waves: $(filter-out $(fold_tail),$(foreach m,$(MODELS),$(call round_folds,$(m))))
 endif
 
 # The ensemble stage (ensemble/ensemble.yaml; the project's copy when a workspace has none). One target per method:

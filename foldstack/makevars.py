@@ -3,8 +3,8 @@
 Reads  data/competition.yaml, every models/<m>.yaml, the ensemble and pseudo-label configs
 Writes build/vars.mk   N_FOLDS, RAW (the competition's files), DEPS_<m> (files model m's folds need beyond its YAML:
                        augmented sets, a `make pretrain` backbone), CACHED (the models whose folds share a cache
-                       built first: foldstack.cache), TRANSFORMERS (the models of kind transformer: `make demo`'s
-                       fold plan), METHODS (the ensemble's blends), NEIGHBOURS_K (the TF-IDF neighbour graph's k
+                       built first: foldstack.cache), TRANSFORMERS (the models of kind transformer: `make -j N
+                       folds`'s plan), METHODS (the ensemble's blends), NEIGHBOURS_K (the TF-IDF neighbour graph's k
                        when the ensemble smooths over it, else empty),
                        NEIGHBOURS_EMBED_MODEL / _K (the embedding graph's embed_lr member and k, else empty),
                        RETRAIN (the models pseudo-label rounds retrain; the others keep their round-0 folds)

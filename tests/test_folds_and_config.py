@@ -230,14 +230,20 @@ def plan_workspace(tmp_path, tiny_bert):
 
 @pytest.mark.slow
 def test_fold_waves_hold_back_only_a_lone_last_wave_transformer_fold(tmp_path, tiny_bert):
-    """fold-waves trains every fold but the transformers' lone last-wave fold, which `make -j 1` then trains alone on
-    every core; a full last wave, one job or more jobs than folds hold nothing back."""
+    """fold-waves trains every fold but the transformers' lone last-wave fold, which `make folds` then trains alone
+    on every core; a full last wave, one job or more jobs than folds hold nothing back, and a resumed run counts only
+    the folds still to train."""
     from tests.conftest import make
     ws = plan_workspace(tmp_path, tiny_bert)
+    every = {(m, str(f)) for m in ("m", "svm") for f in range(3)}
     for jobs, held in ((1, None), (2, 2), (3, None), (4, None)):
         plan = make(ws, f"FOLD_JOBS={jobs}", "fold-waves", dry=True)
         trained = set(re.findall(r"foldstack\.train --model=models/(\w+)\.yaml --fold=(\d)", plan))
-        assert trained == {(m, str(f)) for m in ("m", "svm") for f in range(3)} - {("m", str(held))}, jobs
+        assert trained == every - {("m", str(held))}, jobs
+    (ws / "folds" / "m").mkdir(parents=True)
+    (ws / "folds" / "m" / "fold0.npz").write_bytes(b"")  # as if an earlier run had trained fold 0: two left, a pair
+    plan = make(ws, "FOLD_JOBS=2", "fold-waves", dry=True)
+    assert "models/m.yaml --fold=2" in plan
 
 
 @pytest.mark.slow
