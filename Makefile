@@ -37,7 +37,9 @@ MODELS := $(basename $(notdir $(wildcard models/*.yaml)))
 ENSEMBLE_CFG := $(or $(wildcard ensemble/ensemble.yaml),$(ROOT)/ensemble/ensemble.yaml)
 # Under `make -n` the stamps and vars.mk live in a copy outside the workspace (foldstack.stamp --shadow): a dry run
 # writes nothing here.
-DRY := $(findstring n,$(filter-out --%,$(firstword -$(MAKEFLAGS))))
+# $(call make_flag,x): x when make runs with the one-letter flag -x (make -n: DRY)
+make_flag = $(findstring $(1),$(filter-out --%,$(firstword -$(MAKEFLAGS))))
+DRY := $(call make_flag,n)
 STAMPS := $(or $(if $(and $(DRY),$(wildcard $(PY))),$(shell $(PY) -m foldstack.stamp --shadow .stamps)),.stamps)
 
 # Content stamps (foldstack.stamp): rules depend on .stamps/<file>.sha instead of <file>, and a stamp changes only
@@ -84,6 +86,7 @@ $(if $(filter $(ROUND),$(ROUNDS)),,$(error ROUND=$(ROUND) is not a round number 
 round_dir = $(1)$(if $(filter 0,$(2)),,/r$(2))
 mdir = $(call round_dir,folds/$(1),$(if $(filter $(1),$(RETRAIN)),$(2),0))
 edir = $(call round_dir,ensemble,$(1))
+fold_files = $(FOLD_IDS:%=$(call mdir,$(1),$(2))/fold%.npz)
 manifests = $(foreach m,$(MODELS),$(call mdir,$(m),$(1))/manifest.json)
 pseudo_file = $(if $(filter 0,$(1)),,features/pseudo_r$(1).parquet)
 MANIFESTS := $(call manifests,$(ROUND))
@@ -216,7 +219,7 @@ $(call mdir,$(1),$(2))/fold%.npz: $(call source,models/$(1).yaml $(COMP)) \
   $(call stamp,folds/folds.csv $(PROCESSED_ALL) $(DEPS_$(1)) $(call pseudo_file,$(2))) $(call cache_json,$(1))
 	$$(fold_env) $$(RUN) $(PY) -m foldstack.train --model=models/$(1).yaml --fold=$$* --out-dir=$(call mdir,$(1),$(2)) \
 	  --competition=$(COMP) --cache-dir=features/cache $(call pseudo_args,$(1),$(2))
-$(call mdir,$(1),$(2))/manifest.json: $(call stamp,$(FOLD_IDS:%=$(call mdir,$(1),$(2))/fold%.npz))
+$(call mdir,$(1),$(2))/manifest.json: $(call stamp,$(call fold_files,$(1),$(2)))
 	$(PY) -m foldstack.gather --model-dir=$(call mdir,$(1),$(2)) --n-folds=$(N_FOLDS) --model=models/$(1).yaml
 endef
 $(foreach r,$(ROUNDS),$(foreach m,$(if $(filter 0,$(r)),$(MODELS),$(RETRAIN)),$(eval $(call MODEL_RULES,$(m),$(r)))))
@@ -229,33 +232,27 @@ $(foreach r,$(ROUNDS),$(foreach m,$(if $(filter 0,$(r)),$(MODELS),$(RETRAIN)),$(
 # not stop the rest), bare `-j`, OMP_NUM_THREADS (the lone fold could not use more cores), RUNNER=ray, GPUS (a GPU
 # fold gains nothing from CPU threads), and for goals beside folds (`make -j 2 submit` too).
 FOLD_PLAN ?= 1
-KEEP_GOING := $(findstring k,$(filter-out --%,$(firstword -$(MAKEFLAGS))))
-plan_folds := $(if $(filter-out 1,$(FOLD_PLAN))$(DRY)$(KEEP_GOING)$(OMP_NUM_THREADS)$(RUNNER)$(GPUS)$(filter-out \
+plan_folds := $(if $(filter-out 1,$(FOLD_PLAN))$(DRY)$(call make_flag,k)$(OMP_NUM_THREADS)$(RUNNER)$(GPUS)$(filter-out \
   folds,$(MAKECMDGOALS)),,$(filter folds,$(MAKECMDGOALS)))
 no_models = $(if $(MODELS),,$(error no models/*.yaml here: copy one from $(ROOT)/models/ (foldstack init ships the \
   default set)))
-ifeq ($(plan_folds),)
-folds: $(MANIFESTS)  ## k-fold training of every models/*.yaml -> folds/<m>/{oof,test}.npy (ROUND=r: folds/<m>/r<r>/)
+folds: $(if $(plan_folds),,$(MANIFESTS))  ## k-fold training of every models/*.yaml -> folds/<m>/{oof,test}.npy (ROUND=r: folds/<m>/r<r>/)
 	$(no_models)
+	$(if $(plan_folds),@$(MAKE) --no-print-directory $(if $(filter -j,$(MAKEFLAGS)),$(MANIFESTS),fold-waves \
+	  FOLD_JOBS=$(JOBS)))
+	$(if $(plan_folds),@$(MAKE) --no-print-directory JOBS=1 $(MANIFESTS))
 	@$(PY) -m foldstack.report --summary $(MANIFESTS)
-else
-folds:
-	$(no_models)
-	@$(MAKE) --no-print-directory $(if $(filter -j,$(MAKEFLAGS)),$(MANIFESTS),fold-waves FOLD_JOBS=$(JOBS))
-	@$(MAKE) --no-print-directory JOBS=1 $(MANIFESTS)
-	@$(PY) -m foldstack.report --summary $(MANIFESTS)
-endif
 
 # fold-waves: every fold of this round but, FOLD_JOBS at a time, a lone last-wave one: the last of the transformers'
 # folds this round has still to train (a resumed run counts only those)
 ifneq ($(filter fold-waves,$(MAKECMDGOALS)),)
 FOLD_JOBS ?= 1
-round_folds = $(FOLD_IDS:%=$(call mdir,$(1),$(ROUND))/fold%.npz)
 round_tf := $(if $(filter 0,$(ROUND)),$(TRANSFORMERS),$(filter $(RETRAIN),$(TRANSFORMERS)))
-tf_todo := $(foreach m,$(round_tf),$(filter-out $(wildcard $(call round_folds,$(m))),$(call round_folds,$(m))))
+missing = $(filter-out $(wildcard $(1)),$(1))
+tf_todo := $(foreach m,$(round_tf),$(call missing,$(call fold_files,$(m),$(ROUND))))
 fold_tail := $(if $(filter 1,$(shell echo $$(($(words $(tf_todo)) > $(FOLD_JOBS) && \
   $(words $(tf_todo)) % $(FOLD_JOBS) == 1)))),$(lastword $(tf_todo)))
-fold-waves: $(filter-out $(fold_tail),$(foreach m,$(MODELS),$(call round_folds,$(m))))
+fold-waves: $(filter-out $(fold_tail),$(foreach m,$(MODELS),$(call fold_files,$(m),$(ROUND))))
 endif
 
 # The ensemble stage (ensemble/ensemble.yaml; the project's copy when a workspace has none). One target per method:

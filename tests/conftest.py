@@ -200,8 +200,9 @@ TINY = dict(kind="transformer", head="bilstm", lstm_hidden=16, max_len=64, epoch
             head_lr=3e-3, amp="off", warmup=0.1)
 
 
-def make(ws: Path, *targets: str, dry: bool = False) -> str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+def make(ws: Path, *targets: str, dry: bool = False, env: dict | None = None) -> str:
+    """`make -C ws targets` (-n when dry), checked to succeed; `env` adds to (or blanks) the environment."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     cmd = ["make", "--no-print-directory", "-C", str(ws), *(["-n"] if dry else []), *targets]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

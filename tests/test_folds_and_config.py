@@ -252,12 +252,9 @@ def test_make_j2_folds_trains_the_lone_last_fold_alone_on_every_core(tmp_path, t
     on all of them (the thread counts each fold records), and every model is gathered."""
     import json
     import os
-    import subprocess
+    from tests.conftest import make
     ws = plan_workspace(tmp_path, tiny_bert)
-    env = {**{k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}, "HF_HUB_OFFLINE": "1"}  # its own threads
-    done = subprocess.run(["make", "--no-print-directory", "-C", str(ws), "-j", "2", "folds"], env=env,
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    make(ws, "-j", "2", "folds", env={"OMP_NUM_THREADS": ""})  # blank: the Makefile's own thread counts
     cores = len(os.sched_getaffinity(0))
     threads = [json.loads((ws / "folds" / "m" / f"fold{f}.json").read_text())["threads"] for f in range(3)]
     assert threads == [max(1, cores // 2)] * 2 + [cores]
