@@ -1,8 +1,9 @@
 """Stage configs: YAML files loaded into frozen dataclasses; unknown keys and wrong types are errors.
 
 `data/competition.yaml` describes the competition (files, columns, task, metric, folds); `models/<name>.yaml`
-describes one base model. Every error names the file and the key. `--key=value` overrides given on a command line
-go through the same checks as the YAML (see `load`).
+describes one base model and `models/pretrain/<name>.yaml` one within-task pretraining run. Every error names the
+file and the key. `--key=value` overrides given on a command line go through the same checks as the YAML (see
+`load`).
 """
 from __future__ import annotations
 
@@ -182,6 +183,41 @@ class Model:
                 self.options
             except ConfigError as err:  # built in code with a bad mapping (a YAML's stops earlier, in check_raw)
                 bad.append(("params", str(err)))
+        return bad
+
+
+@dataclass(frozen=True)
+class Pretrain:
+    """models/pretrain/<name>.yaml (foldstack.pretrain); here, not in its stage, because prep's length report reads
+    its backbone before the stage has run (shape_source)."""
+    backbone: str = "minilm"       # the encoder to continue: minilm, a local directory or a Hub id
+    text: str = "raw"              # raw | lemma: the text the fine-tuned models will read
+    include_test: bool = True      # the test texts too (no labels are used, so this is fair)
+    steps: int = 1000              # optimizer steps
+    max_len: int = 128             # tokens per text
+    truncation: str = "head_tail"  # head | tail | head_tail, as the model YAML's
+    batch_size: int = 32           # texts per step
+    lr: float = 5e-5               # AdamW, linear warmup then decay
+    weight_decay: float = 0.01     # not on biases and LayerNorm weights
+    warmup: float = 0.06           # fraction of steps
+    mlm_probability: float = 0.15  # share of tokens selected for masking (80% [MASK], 10% random, 10% kept)
+    save_every: int = 200          # steps between resume checkpoints
+    amp: str = "auto"              # as the model YAML's amp
+    seed: int = 42                 # of the masking and the text order
+
+    def check(self) -> list[tuple[str, str]]:
+        bad = []
+        if self.text not in ("raw", "lemma"):
+            bad.append(("text", "must be raw or lemma"))
+        if self.truncation not in TRUNCATION:
+            bad.append(("truncation", "must be head, tail or head_tail"))
+        for key in ("steps", "max_len", "batch_size", "save_every"):
+            if getattr(self, key) < 1:
+                bad.append((key, "must be at least 1"))
+        if not 0 < self.mlm_probability < 1:
+            bad.append(("mlm_probability", "must be in (0, 1)"))
+        if self.lr <= 0:
+            bad.append(("lr", "must be > 0"))
         return bad
 
 
@@ -387,6 +423,18 @@ def model_deps(cfg: Model) -> list[str]:
         if isinstance(backbone, str) and Path(backbone).parent.as_posix() == PRETRAIN_DIR:
             deps.append(f"{PRETRAIN_DIR}/{Path(backbone).name}/done.json")
     return deps
+
+
+def shape_source(backbone: str) -> str:
+    """The backbone whose tokenizer and shape `backbone` has, readable before `make pretrain` has written it: a
+    models/pretrain/<name> directory not yet built is models/pretrain/<name>.yaml's backbone (pretraining keeps the
+    tokenizer and the architecture); any other name is itself."""
+    seen = set()
+    while (Path(backbone).parent.as_posix() == PRETRAIN_DIR and not Path(backbone).is_dir()
+           and Path(f"{backbone}.yaml").is_file() and backbone not in seen):
+        seen.add(backbone)
+        backbone = load(Pretrain, f"{backbone}.yaml").backbone
+    return backbone
 
 
 def main(argv=None) -> None:

@@ -1,6 +1,7 @@
 """lengths: the training texts' token-length distribution, and the max_len / truncation it recommends.
 
-Reads  data/processed/train.parquet (the text column), each transformer YAML's backbone tokenizer (or MiniLM's)
+Reads  data/processed/train.parquet (the text column), each transformer YAML's backbone tokenizer (or MiniLM's; for a
+       `make pretrain` backbone not yet written, the one it continues)
 Writes data/processed/lengths.json   per transformer YAML: percentiles, share cut at each max_len, the
                                      recommendation and what its time estimate assumes
 Run    python -m foldstack.lengths --train=data/processed/train.parquet --out=data/processed/lengths.json \
@@ -18,7 +19,7 @@ bf16 when the model's amp uses it on this CPU. A GPU is much faster than any of 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -129,9 +130,11 @@ def model_speed(cfg: config.Model) -> Speed:
 
 
 def transformers_in(paths: list[str]) -> dict[str, config.Model]:
-    """The transformer YAMLs among `paths` by name; the installed MiniLM at 2 epochs when there is none."""
+    """The transformer YAMLs among `paths` by name; the installed MiniLM at 2 epochs when there is none. A backbone
+    that `make pretrain` has yet to write reads as the one it continues (config.shape_source): prep runs first."""
     cfgs = {Path(p).stem: config.load(config.Model, p) for p in paths}
-    return {n: c for n, c in cfgs.items() if c.kind == "transformer"} or {"a MiniLM member": config.Model()}
+    return {n: replace(c, backbone=config.shape_source(c.backbone)) for n, c in cfgs.items()
+            if c.kind == "transformer"} or {"a MiniLM member": config.Model()}
 
 
 @one_line_errors
@@ -143,10 +146,13 @@ def main(argv=None) -> None:
     ap.add_argument("--n-folds", type=int, default=5, help="folds the estimate assumes")
     ap.add_argument("--budget-min", type=float, default=60.0, help="minutes the transformer's k-fold run may take")
     args = ap.parse_args(argv)
-    from .encoder import load_tokenizer
+    from .encoder import check_backbone, load_tokenizer
     from .text import FIELD_SEP
     texts = pd.read_parquet(args.train, columns=["text"])["text"].str.replace(FIELD_SEP, " ").tolist()
     cfgs = transformers_in(args.models)
+    paths = {Path(p).stem: p for p in args.models}
+    for name, cfg in cfgs.items():  # one line naming the YAML, not a traceback, for a backbone that is nowhere
+        check_backbone(cfg, paths.get(name, "the default MiniLM"))
     tokenizers = {b: load_tokenizer(b) for b in {c.backbone for c in cfgs.values()}}
     by_backbone = {b: token_lengths(texts, t) for b, t in tokenizers.items()}
     counted = {n: by_backbone[c.backbone] for n, c in cfgs.items()}

@@ -3,7 +3,7 @@
 Within-task pretraining (Sun et al. 2019, "How to Fine-Tune BERT for Text Classification?") adapts the encoder to
 the competition's vocabulary and style before fine-tuning; it uses no label, so it is allowed on the test texts too.
 
-Reads  models/pretrain/<name>.yaml (the Pretrain keys below), data/processed/{train,test}.parquet (the text column
+Reads  models/pretrain/<name>.yaml (config.Pretrain's keys), data/processed/{train,test}.parquet (the text column
        only: the labels are never read)
 Writes models/pretrain/<name>/          a backbone directory (config, weights as safetensors, tokenizer) that a model
                                         YAML names as `backbone: models/pretrain/<name>`
@@ -22,7 +22,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -30,43 +30,10 @@ import pandas as pd
 import torch
 
 from . import config
+from .config import Pretrain
 from .errors import one_line_errors
 from .io import atomic_path
 from .text import text_column
-
-
-@dataclass(frozen=True)
-class Pretrain:
-    """models/pretrain/<name>.yaml."""
-    backbone: str = "minilm"       # the encoder to continue: minilm, a local directory or a Hub id
-    text: str = "raw"              # raw | lemma: the text the fine-tuned models will read
-    include_test: bool = True      # the test texts too (no labels are used, so this is fair)
-    steps: int = 1000              # optimizer steps
-    max_len: int = 128             # tokens per text
-    truncation: str = "head_tail"  # head | tail | head_tail, as the model YAML's
-    batch_size: int = 32           # texts per step
-    lr: float = 5e-5               # AdamW, linear warmup then decay
-    weight_decay: float = 0.01     # not on biases and LayerNorm weights
-    warmup: float = 0.06           # fraction of steps
-    mlm_probability: float = 0.15  # share of tokens selected for masking (80% [MASK], 10% random, 10% kept)
-    save_every: int = 200          # steps between resume checkpoints
-    amp: str = "auto"              # as the model YAML's amp
-    seed: int = 42                 # of the masking and the text order
-
-    def check(self) -> list[tuple[str, str]]:
-        bad = []
-        if self.text not in ("raw", "lemma"):
-            bad.append(("text", "must be raw or lemma"))
-        if self.truncation not in ("head", "tail", "head_tail"):
-            bad.append(("truncation", "must be head, tail or head_tail"))
-        for key in ("steps", "max_len", "batch_size", "save_every"):
-            if getattr(self, key) < 1:
-                bad.append((key, "must be at least 1"))
-        if not 0 < self.mlm_probability < 1:
-            bad.append(("mlm_probability", "must be in (0, 1)"))
-        if self.lr <= 0:
-            bad.append(("lr", "must be > 0"))
-        return bad
 
 
 def corpus_texts(train: pd.DataFrame, test: pd.DataFrame, cfg: Pretrain) -> list[str]:

@@ -43,3 +43,28 @@ def test_one_recommendation_per_transformer_yaml(tmp_path, tiny_bert):
     speed = lengths.model_speed(cfgs["deep"])
     assert speed.frozen == speed.layers and not speed.bf16  # capped at the backbone's layers; amp off is fp32
     assert list(lengths.transformers_in([str(tmp_path / "svm.yaml")])) == ["a MiniLM member"]
+
+
+def test_prep_reports_a_pretrain_backbone_before_make_pretrain_writes_it(tmp_path, monkeypatch, tiny_bert):
+    """`make prep` runs before `make pretrain`: a model whose backbone is models/pretrain/<name> is counted with
+    the tokenizer of the backbone that pretraining continues; a backbone that is nowhere is one line, no traceback."""
+    import json
+
+    import pandas as pd
+    import pytest
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models/pretrain").mkdir(parents=True)
+    (tmp_path / "models/pretrain/mlm.yaml").write_text(f"backbone: {tiny_bert}\n")
+    (tmp_path / "models/deep.yaml").write_text("backbone: models/pretrain/mlm\nmax_len: 32\namp: 'off'\n")
+    pd.DataFrame({"text": ["movie night", "a film " * 40]}).to_parquet(tmp_path / "train.parquet")
+    lengths.main(["--train=train.parquet", "--out=lengths.json", "--models", "models/deep.yaml"])
+    assert json.loads((tmp_path / "lengths.json").read_text())["deep"]["backbone"] == str(tiny_bert)
+    (tmp_path / "models/pretrain/mlm").mkdir()  # written by `make pretrain`: from then on read as itself
+    assert lengths.transformers_in(["models/deep.yaml"])["deep"].backbone == "models/pretrain/mlm"
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "models/gone.yaml").write_text("backbone: nobody/no-such-model\nmax_len: 32\n")
+    with pytest.raises(SystemExit) as exit_:
+        lengths.main(["--train=train.parquet", "--out=lengths.json", "--models", "models/gone.yaml"])
+    assert str(exit_.value).startswith("error: models/gone.yaml: key 'backbone': backbone 'nobody/no-such-model'")
+    assert "\n" not in str(exit_.value)
