@@ -161,7 +161,7 @@ PRETRAINS := $(basename $(notdir $(wildcard models/pretrain/*.yaml)))
 SOURCES += $(PRETRAINS:%=models/pretrain/%.yaml)
 pretrain: $(PRETRAINS:%=models/pretrain/%/done.json)  ## masked-LM pretraining on train + test texts -> models/pretrain/<name>/
 models/pretrain/%/done.json: $(call S,models/pretrain/%.yaml) $(call stamp,$(PROCESSED_ALL))
-	$(PY) -m foldstack.pretrain --config=models/pretrain/$*.yaml --train=$(PROCESSED) --test=data/processed/test.parquet \
+	$(job_env) $(PY) -m foldstack.pretrain --config=models/pretrain/$*.yaml --train=$(PROCESSED) --test=data/processed/test.parquet \
 	  --out-dir=models/pretrain/$*
 
 folds/folds.csv: $(call stamp,$(PROCESSED_ALL)) $(call source,$(COMP))
@@ -175,11 +175,12 @@ USED_AUGMENT := $(filter $(AUGMENT_SETS),$(patsubst features/%.parquet,%,$(sort 
 
 augment: $(patsubst %,features/%.parquet,$(or $(USED_AUGMENT),$(AUGMENT_SETS)))  ## EDA / back-translated rows -> features/
 $(AUGMENT_SETS:%=features/%.parquet): features/%.parquet: $(call stamp,$(PROCESSED)) $(call source,$(AUGMENT_CFG)) | $(SETUP)
-	$(PY) -m foldstack.augment --set=$* --config=$(AUGMENT_CFG) --train=$(PROCESSED) --out=$@
+	$(job_env) $(PY) -m foldstack.augment --set=$* --config=$(AUGMENT_CFG) --train=$(PROCESSED) --out=$@
 
 # `make -j N`: N fold targets at once, each with its share of the cores (torch / OpenMP threads = cores / N, at
-# least 1) unless OMP_NUM_THREADS is set. On 2 cores two 1-thread folds train ~1.8x the rows per second of one
-# 2-thread fold (small batches scale poorly across threads), and two 2-thread jobs would thrash.
+# least 1) unless OMP_NUM_THREADS is set, as have the pretraining and augmentation jobs beside them (job_env). On 2
+# cores two 1-thread folds train ~1.8x the rows per second of one 2-thread fold (small batches scale poorly across
+# threads), and two 2-thread jobs would thrash.
 JOBS = $(if $(filter -j,$(MAKEFLAGS)),$$(nproc),$(or $(patsubst -j%,%,$(filter -j%,$(MAKEFLAGS))),1))
 fold_threads = $${OMP_NUM_THREADS:-$$(n=$$(nproc) j=$(JOBS); t=$$((n / j)); echo $$((t < 1 ? 1 : t)))}
 
@@ -199,6 +200,7 @@ MALLOC ?= $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.s
   /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4))
 preload = $(if $(MALLOC),LD_PRELOAD=$(MALLOC))
 fold_env = OMP_NUM_THREADS=$(if $(RUNNER),$(RAY_CPUS),$(fold_threads)) $(preload)
+job_env = OMP_NUM_THREADS=$(fold_threads) $(preload)
 
 # A model whose folds share a cache (frozen layers, embed_lr's embeddings: CACHED) builds it as a job of its own
 # first, so that Make runs other work beside it instead of folds idling on its lock (foldstack.cache). Every round

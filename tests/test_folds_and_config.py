@@ -262,6 +262,19 @@ def test_make_j2_folds_trains_the_lone_last_fold_alone_on_every_core(tmp_path, t
 
 
 @pytest.mark.slow
+def test_pretraining_and_augmentation_take_their_share_of_the_cores_beside_the_folds(tmp_path, tiny_bert):
+    """Under `make -j 2 folds` a model's pretraining and augmentation run beside folds: like a fold, each gets
+    cores / 2 threads (two jobs of all the cores each would thrash)."""
+    from tests.conftest import make
+    ws = plan_workspace(tmp_path, tiny_bert)
+    (ws / "models" / "pretrain" / "mlm.yaml").write_text(f"backbone: {tiny_bert}\n")
+    plan = make(ws, "-j", "2", "models/pretrain/mlm/done.json", "features/eda.parquet", dry=True)
+    for stage in ("pretrain", "augment"):
+        line = next(line for line in plan.splitlines() if f"-m foldstack.{stage} " in line)
+        assert line.startswith("OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(n=$(nproc) j=2;"), line
+
+
+@pytest.mark.slow
 def test_a_classical_fold_never_imports_torch(tmp_path):
     import subprocess
     import sys
