@@ -14,7 +14,7 @@ transformer YAML in --models (its tokenizer, epochs, seeds, freeze_layers, amp),
 with 2 epochs when there is none. The time estimate starts from fine-tuning throughput measured on 2 CPU cores in
 fp32 (MiniLM-L6 + BiLSTM: TOKENS_PER_S, docs/performance.md) and scales it by the layers that still train (a
 frozen layer's outputs come from the cache once for all folds), by their width against MiniLM's, and by native
-bf16 when the model's amp uses it on this CPU. A GPU is much faster than any of it.
+bf16 when the model's amp uses it on this CPU (AMX's or AVX512-BF16's). A GPU is much faster than any of it.
 """
 from __future__ import annotations
 
@@ -34,7 +34,12 @@ CHOICES = (64, 128, 256, 384, 512)
 # runs them): bench/freeze_speed.py on 480 20news texts at 128 tokens, capped to AVX2, 9.9 rows/s x 120 tokens a
 # fold (docs/performance.md)
 TOKENS_PER_S = 2400
-BF16_SPEEDUP = 2.1   # the same probe beside it in bf16 on AMX: 20.9 rows/s (a demo fold at 64 tokens: ~1.9)
+# bf16 against fp32 by the CPU's bf16 units. AMX: the same probe beside it in bf16, 20.9 rows/s (a demo fold at 64
+# tokens: ~1.9). AVX512-BF16 without AMX (an EPYC): ~1.4, from the bench (70.0 against 50.6 samples/s; 137 against
+# 91 GFLOP/s of its GEMM work) and from full 20news folds at 128 tokens (15.5-16.4 samples/s, freeze 3's rate
+# scaled by TIME_SHARE to freeze 2, against 11.7 in fp32). With AMX's 2.1 there, a Reuters epoch at 256 tokens
+# took 1.9x the estimate (docs/performance.md, session 19).
+BF16_SPEEDUP = {"amx": 2.1, "avx512_bf16": 1.4}
 # Training time per token against full fine-tuning, by the share of the encoder's layers that still train (a frozen
 # layer's outputs come from the cache). The same probe, fp32, 2 / 3 / 4 of 6 layers frozen: 1.46x / 1.87x / 2.57x;
 # 5 frozen: 4.06x (a 2-thread demo probe); none training: the head alone, a guess. Not linear in the layers: the
@@ -51,19 +56,20 @@ class Speed:
     frozen: int = 0       # of them frozen (freeze_layers)
     width: int = 384      # hidden size
     ffn: int = 1536       # intermediate size
-    bf16: bool = False    # autocast to bf16 on a CPU that runs it natively
+    bf16: str = ""        # autocast to bf16 on a CPU that runs it natively: its kind (BF16_SPEEDUP), "" for fp32
 
     def tokens_per_s(self) -> float:
         """Training tokens per second: TOKENS_PER_S scaled by the model's size against MiniLM's (multiply-adds per
-        token), by the share of its layers that still train, and by native bf16."""
+        token), by the share of its layers that still train, and by native bf16 (AMX's or AVX512-BF16's)."""
         def per_token(layers, width, ffn):
             return layers * (4 * width * width + 2 * width * ffn)
         size = per_token(self.layers, self.width, self.ffn) / per_token(**MINILM)
         share = np.interp((self.layers - self.frozen) / self.layers, TRAINED_SHARE, TIME_SHARE)
-        return TOKENS_PER_S / (size * share) * (BF16_SPEEDUP if self.bf16 else 1.0)
+        return TOKENS_PER_S / (size * share) * BF16_SPEEDUP.get(self.bf16, 1.0)
 
     def shown(self) -> str:
-        return f"{'bf16' if self.bf16 else 'fp32'}, 2 cores, freeze_layers {self.frozen} of {self.layers}"
+        precision = f"bf16 ({self.bf16})" if self.bf16 else "fp32"
+        return f"{precision}, 2 cores, freeze_layers {self.frozen} of {self.layers}"
 
 
 def token_lengths(texts: list[str], tokenizer) -> np.ndarray:
@@ -121,12 +127,18 @@ def model_speed(cfg: config.Model) -> Speed:
     import torch
     from transformers import AutoConfig
     from .encoder import resolve_backbone
-    from .trainer import amp_dtype
+    from .trainer import amp_dtype, cpu_flags
     shape = AutoConfig.from_pretrained(resolve_backbone(cfg.backbone))
     # the estimate is for this CPU; fp16 is CUDA's alone, so a GPU config's amp counts as fp32 here
     bf16 = cfg.amp != "fp16" and amp_dtype(cfg.amp, torch.device("cpu")) == torch.bfloat16
     return Speed(shape.num_hidden_layers, min(cfg.freeze_layers, shape.num_hidden_layers), shape.hidden_size,
-                 shape.intermediate_size, bf16)
+                 shape.intermediate_size, bf16_kind(cpu_flags()) if bf16 else "")
+
+
+def bf16_kind(flags: set[str] | None) -> str:
+    """A bf16 CPU's kind in BF16_SPEEDUP: amx where the flags show it; else avx512_bf16 (also where no flags are
+    readable: the lower rate, so that the estimate errs long)."""
+    return "amx" if flags and "amx_bf16" in flags else "avx512_bf16"
 
 
 def transformers_in(paths: list[str]) -> dict[str, config.Model]:

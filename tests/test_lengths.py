@@ -28,10 +28,12 @@ def test_the_estimate_follows_frozen_layers_width_and_bf16():
     base = lengths.Speed()
     assert lengths.Speed().tokens_per_s() == lengths.TOKENS_PER_S  # the measured MiniLM-L6 fp32 rate
     assert lengths.Speed(frozen=2).tokens_per_s() > base.tokens_per_s()
-    assert lengths.Speed(bf16=True).tokens_per_s() == base.tokens_per_s() * lengths.BF16_SPEEDUP
+    amx, avx512 = (lengths.Speed(bf16=lengths.bf16_kind(flags)) for flags in ({"avx512_bf16", "amx_bf16"}, None))
+    assert amx.tokens_per_s() == base.tokens_per_s() * lengths.BF16_SPEEDUP["amx"]
+    assert base.tokens_per_s() < avx512.tokens_per_s() < amx.tokens_per_s()  # bf16 without AMX: between the two
     assert lengths.Speed(layers=12, width=768, ffn=3072).tokens_per_s() < base.tokens_per_s() / 7  # BERT-base
     long = np.full(1000, 900)
-    slow, fast = (lengths.recommend(long, 5, 2, 30.0, speed=s) for s in (base, lengths.Speed(frozen=4, bf16=True)))
+    slow, fast = (lengths.recommend(long, 5, 2, 30.0, speed=s) for s in (base, lengths.Speed(frozen=4, bf16="amx")))
     assert fast["est_minutes"] < slow["est_minutes"] and fast["max_len"] >= slow["max_len"]
 
 
