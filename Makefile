@@ -193,14 +193,16 @@ RAY_CPUS ?= 1
 $(if $(filter-out ray,$(RUNNER)),$(error RUNNER=$(RUNNER): the only runner is ray (or leave RUNNER unset)))
 RUN = $(if $(RUNNER),$(PY) -m foldstack.runner --ray --cpus=$(RAY_CPUS) --,$(if $(GPUS),$(PY) -m foldstack.runner \
   --slots=$(GPUS) --))
-# Training and prediction run on tcmalloc where it is installed (`make setup` adds it with apt; PyTorch's CPU
-# performance guide recommends it): glibc's heap fragments under length-bucketed batches of varying width and peaks
-# ~5% above HF Trainer's RSS; tcmalloc peaks below it and trains faster (docs/performance.md). MALLOC= keeps glibc.
+# Training, prediction, pretraining and augmentation run on tcmalloc where it is installed (`make setup` adds it
+# with apt; PyTorch's CPU performance guide recommends it): glibc's heap fragments under length-bucketed batches of
+# varying width and peaks ~5% above HF Trainer's RSS; tcmalloc peaks below it and trains faster
+# (docs/performance.md). MALLOC= keeps glibc.
 MALLOC ?= $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \
   /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4))
 preload = $(if $(MALLOC),LD_PRELOAD=$(MALLOC))
 fold_env = OMP_NUM_THREADS=$(if $(RUNNER),$(RAY_CPUS),$(fold_threads)) $(preload)
-job_env = OMP_NUM_THREADS=$(fold_threads) $(preload)
+# Pretraining and augmentation run here, never on Ray's workers: with RUNNER=ray they keep every local core.
+job_env = $(if $(RUNNER),,OMP_NUM_THREADS=$(fold_threads)) $(preload)
 
 # A model whose folds share a cache (frozen layers, embed_lr's embeddings: CACHED) builds it as a job of its own
 # first, so that Make runs other work beside it instead of folds idling on its lock (foldstack.cache). Every round

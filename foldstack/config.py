@@ -429,11 +429,10 @@ def shape_source(backbone: str) -> str:
     """The backbone whose tokenizer and shape `backbone` has, readable before `make pretrain` has written it: a
     models/pretrain/<name> directory not yet built is models/pretrain/<name>.yaml's backbone (pretraining keeps the
     tokenizer and the architecture); any other name is itself."""
-    seen = set()
-    while (Path(backbone).parent.as_posix() == PRETRAIN_DIR and not Path(backbone).is_dir()
-           and Path(f"{backbone}.yaml").is_file() and backbone not in seen):
-        seen.add(backbone)
-        backbone = load(Pretrain, f"{backbone}.yaml").backbone
+    path = Path(backbone)
+    own = path.with_name(f"{path.name}.yaml")
+    if path.parent.as_posix() == PRETRAIN_DIR and not path.is_dir() and own.is_file():
+        return load(Pretrain, own).backbone
     return backbone
 
 

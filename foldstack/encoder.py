@@ -238,16 +238,22 @@ class Classifier(nn.Module):
         return masked_mean(self.lstm(hidden, mask), mask)
 
 
+def backbone_config(name: str, section: str = ""):
+    """The backbone's transformers config; ConfigError (key '<section>backbone', one line) when it resolves nowhere
+    or will not load: a Hub id that the reachable Hub does not have raises OSError in transformers."""
+    from transformers import AutoConfig
+    try:
+        return AutoConfig.from_pretrained(resolve_backbone(name))
+    except (OSError, ValueError) as err:  # BackboneError is an OSError
+        raise ConfigError(f"key '{section}backbone': {' '.join(str(err).split())}") from None
+
+
 def fits_backbone(cfg, encoder_config=None, section: str = "") -> None:
     """ConfigError unless the backbone resolves (fast, offline-safe) and has room for max_len and freeze_layers;
     reads the backbone's config.json only when encoder_config is None (train checks this before any data). `cfg`
     is a transformer's config, or embed_lr's options with section "params." (the keys' names in errors)."""
     if encoder_config is None:
-        from transformers import AutoConfig
-        try:
-            encoder_config = AutoConfig.from_pretrained(resolve_backbone(cfg.backbone))
-        except BackboneError as err:
-            raise ConfigError(f"key '{section}backbone': {err}") from None
+        encoder_config = backbone_config(cfg.backbone, section)
     if cfg.max_len > usable_positions(encoder_config):
         raise ConfigError(f"key '{section}max_len': {cfg.max_len} exceeds the {usable_positions(encoder_config)} "
                           f"positions of backbone {cfg.backbone!r}")

@@ -39,7 +39,7 @@ TOKENS_PER_S = 2400
 # 91 GFLOP/s of its GEMM work) and from full 20news folds at 128 tokens (15.5-16.4 samples/s, freeze 3's rate
 # scaled by TIME_SHARE to freeze 2, against 11.7 in fp32). With AMX's 2.1 there, a Reuters epoch at 256 tokens
 # took 1.9x the estimate (docs/performance.md, session 19).
-BF16_SPEEDUP = {"amx": 2.1, "avx512_bf16": 1.4}
+BF16_SPEEDUP = {"AMX": 2.1, "AVX512-BF16": 1.4}
 # Training time per token against full fine-tuning, by the share of the encoder's layers that still train (a frozen
 # layer's outputs come from the cache). The same probe, fp32, 2 / 3 / 4 of 6 layers frozen: 1.46x / 1.87x / 2.57x;
 # 5 frozen: 4.06x (a 2-thread demo probe); none training: the head alone, a guess. Not linear in the layers: the
@@ -56,7 +56,7 @@ class Speed:
     frozen: int = 0       # of them frozen (freeze_layers)
     width: int = 384      # hidden size
     ffn: int = 1536       # intermediate size
-    bf16: str = ""        # autocast to bf16 on a CPU that runs it natively: its kind (BF16_SPEEDUP), "" for fp32
+    bf16: str = ""        # autocast to bf16 on a CPU that runs it natively: its kind (BF16_SPEEDUP); "": fp32
 
     def tokens_per_s(self) -> float:
         """Training tokens per second: TOKENS_PER_S scaled by the model's size against MiniLM's (multiply-adds per
@@ -65,10 +65,10 @@ class Speed:
             return layers * (4 * width * width + 2 * width * ffn)
         size = per_token(self.layers, self.width, self.ffn) / per_token(**MINILM)
         share = np.interp((self.layers - self.frozen) / self.layers, TRAINED_SHARE, TIME_SHARE)
-        return TOKENS_PER_S / (size * share) * BF16_SPEEDUP.get(self.bf16, 1.0)
+        return TOKENS_PER_S / (size * share) * (BF16_SPEEDUP[self.bf16] if self.bf16 else 1.0)
 
     def shown(self) -> str:
-        precision = f"bf16 ({self.bf16})" if self.bf16 else "fp32"
+        precision = f"bf16 on {self.bf16}" if self.bf16 else "fp32"
         return f"{precision}, 2 cores, freeze_layers {self.frozen} of {self.layers}"
 
 
@@ -97,13 +97,14 @@ def recommend(lengths: np.ndarray, n_folds: int, epochs: int, budget_min: float,
             "budget_min": budget_min, "n_folds": n_folds, "assumes": speed.shown()}
 
 
-def summary(lengths: np.ndarray, rec: dict, speed: Speed, n_folds: int, backbone: str) -> dict:
-    """One model's entry of lengths.json: percentiles, per max_len the share cut and the training minutes per epoch."""
+def summary(lengths: np.ndarray, rec: dict, speed: Speed, n_folds: int, backbone: str, counted_with: str) -> dict:
+    """One model's entry of lengths.json: percentiles, per max_len the share cut and the training minutes per epoch;
+    `counted_with` the backbone whose tokenizer counted them (another before `make pretrain` writes `backbone`)."""
     return {"percentiles": {str(p): float(np.percentile(lengths, p)) for p in (50, 90, 95, 99)},
             "count": len(lengths), "max": int(lengths.max()),
             "cut": {str(c): float(np.mean(lengths > c)) for c in CHOICES},
             "epoch_minutes": {str(c): epoch_minutes(lengths, c, n_folds, speed) for c in CHOICES},
-            "recommended": rec, "backbone": backbone}
+            "recommended": rec, "backbone": backbone, "counted_with": counted_with}
 
 
 def report(summaries: dict[str, dict]) -> str:
@@ -125,28 +126,45 @@ def report(summaries: dict[str, dict]) -> str:
 def model_speed(cfg: config.Model) -> Speed:
     """The Speed a transformer YAML implies on this CPU (its backbone's shape, freeze_layers, amp)."""
     import torch
-    from transformers import AutoConfig
-    from .encoder import resolve_backbone
-    from .trainer import amp_dtype, cpu_flags
-    shape = AutoConfig.from_pretrained(resolve_backbone(cfg.backbone))
-    # the estimate is for this CPU; fp16 is CUDA's alone, so a GPU config's amp counts as fp32 here
-    bf16 = cfg.amp != "fp16" and amp_dtype(cfg.amp, torch.device("cpu")) == torch.bfloat16
+    from .encoder import backbone_config
+    from .trainer import amp_dtype, cpu_flags, cpu_has_bf16
+    shape = backbone_config(cfg.backbone)
+    # the estimate is for this CPU; fp16 is CUDA's alone, so a GPU config's amp counts as fp32 here, and bf16 forced
+    # on a CPU that emulates it (slower than fp32) at the fp32 rate
+    bf16 = cfg.amp != "fp16" and amp_dtype(cfg.amp, torch.device("cpu")) == torch.bfloat16 and cpu_has_bf16()
     return Speed(shape.num_hidden_layers, min(cfg.freeze_layers, shape.num_hidden_layers), shape.hidden_size,
                  shape.intermediate_size, bf16_kind(cpu_flags()) if bf16 else "")
 
 
 def bf16_kind(flags: set[str] | None) -> str:
-    """A bf16 CPU's kind in BF16_SPEEDUP: amx where the flags show it; else avx512_bf16 (also where no flags are
-    readable: the lower rate, so that the estimate errs long)."""
-    return "amx" if flags and "amx_bf16" in flags else "avx512_bf16"
+    """A native-bf16 CPU's key in BF16_SPEEDUP: AMX where the flags show it, else AVX512-BF16's lower rate (also for
+    a CPU whose flags cannot be read, e.g. ARM: the estimate then errs long)."""
+    return "AMX" if flags and "amx_bf16" in flags else "AVX512-BF16"
 
 
 def transformers_in(paths: list[str]) -> dict[str, config.Model]:
-    """The transformer YAMLs among `paths` by name; the installed MiniLM at 2 epochs when there is none. A backbone
-    that `make pretrain` has yet to write reads as the one it continues (config.shape_source): prep runs first."""
+    """The transformer YAMLs among `paths` by name; the installed MiniLM at 2 epochs when there is none."""
     cfgs = {Path(p).stem: config.load(config.Model, p) for p in paths}
-    return {n: replace(c, backbone=config.shape_source(c.backbone)) for n, c in cfgs.items()
-            if c.kind == "transformer"} or {"a MiniLM member": config.Model()}
+    return {n: c for n, c in cfgs.items() if c.kind == "transformer"} or {"a MiniLM member": config.Model()}
+
+
+def counted_as(cfgs: dict[str, config.Model], paths: dict[str, str]) -> dict[str, config.Model]:
+    """Each config with the backbone its lengths and speed are read from: a `make pretrain` output not yet written
+    reads as the backbone it continues (config.shape_source), as prep runs first. One line naming the YAML when a
+    backbone resolves nowhere; a max_len the backbone cannot hold is left to the recommendation."""
+    from .encoder import backbone_config
+    counted = {}
+    for name, cfg in cfgs.items():
+        source = config.shape_source(cfg.backbone)
+        where = paths.get(name, "the default MiniLM")
+        if source != cfg.backbone:
+            where = f"{cfg.backbone}.yaml (the pretraining behind {where})"
+        try:
+            backbone_config(source)
+        except config.ConfigError as err:
+            raise config.ConfigError(f"{where}: {err}") from None
+        counted[name] = replace(cfg, backbone=source)
+    return counted
 
 
 @one_line_errors
@@ -158,20 +176,19 @@ def main(argv=None) -> None:
     ap.add_argument("--n-folds", type=int, default=5, help="folds the estimate assumes")
     ap.add_argument("--budget-min", type=float, default=60.0, help="minutes the transformer's k-fold run may take")
     args = ap.parse_args(argv)
-    from .encoder import check_backbone, load_tokenizer
+    from .encoder import load_tokenizer
     from .text import FIELD_SEP
     texts = pd.read_parquet(args.train, columns=["text"])["text"].str.replace(FIELD_SEP, " ").tolist()
-    cfgs = transformers_in(args.models)
-    paths = {Path(p).stem: p for p in args.models}
-    for name, cfg in cfgs.items():  # one line naming the YAML, not a traceback, for a backbone that is nowhere
-        check_backbone(cfg, paths.get(name, "the default MiniLM"))
+    named = transformers_in(args.models)
+    cfgs = counted_as(named, {Path(p).stem: p for p in args.models})
     tokenizers = {b: load_tokenizer(b) for b in {c.backbone for c in cfgs.values()}}
     by_backbone = {b: token_lengths(texts, t) for b, t in tokenizers.items()}
     counted = {n: by_backbone[c.backbone] for n, c in cfgs.items()}
     speeds = {n: model_speed(c) for n, c in cfgs.items()}
     recs = {n: recommend(counted[n], args.n_folds, c.epochs * max(1, len(c.seeds)), args.budget_min,
                          tokenizers[c.backbone].model_max_length, speeds[n]) for n, c in cfgs.items()}
-    summaries = {n: summary(counted[n], recs[n], speeds[n], args.n_folds, c.backbone) for n, c in cfgs.items()}
+    summaries = {n: summary(counted[n], recs[n], speeds[n], args.n_folds, named[n].backbone, c.backbone)
+                 for n, c in cfgs.items()}
     print(report(summaries))
     save_json(Path(args.out), summaries)
 

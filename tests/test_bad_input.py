@@ -252,6 +252,17 @@ def test_hub_id_without_the_hub_fails_fast_with_a_hint(monkeypatch, tmp_path):
     assert time.perf_counter() - start < 20  # a hang guard, not a speed target
 
 
+def test_a_backbone_that_will_not_load_is_one_config_line(tmp_path, monkeypatch):
+    """Where the Hub answers, resolve_backbone passes a Hub id through and transformers raises OSError for one it
+    does not have (simulated by a folder without config.json): one ConfigError line, not a traceback."""
+    from foldstack import config, encoder
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setattr(encoder, "resolve_backbone", lambda name: str(tmp_path / "empty"))
+    with pytest.raises(config.ConfigError, match="^key 'backbone': ") as exc:
+        encoder.fits_backbone(config.Model(backbone="someone/typo-model"))
+    assert "\n" not in str(exc.value)
+
+
 def test_max_len_beyond_the_backbone_stops_train_in_one_line(ws, tiny_bert):
     prep_ok(ws)
     folds_main(ws)
