@@ -200,9 +200,9 @@ RUN = $(if $(RUNNER),$(PY) -m foldstack.runner --ray --cpus=$(RAY_CPUS) --,$(if 
 MALLOC ?= $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \
   /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4))
 preload = $(if $(MALLOC),LD_PRELOAD=$(MALLOC))
-fold_env = OMP_NUM_THREADS=$(if $(RUNNER),$(RAY_CPUS),$(fold_threads)) $(preload)
 # Pretraining and augmentation run here, never on Ray's workers: with RUNNER=ray they keep every local core.
 job_env = $(if $(RUNNER),,OMP_NUM_THREADS=$(fold_threads)) $(preload)
+fold_env = $(if $(RUNNER),OMP_NUM_THREADS=$(RAY_CPUS) $(preload),$(job_env))
 
 # A model whose folds share a cache (frozen layers, embed_lr's embeddings: CACHED) builds it as a job of its own
 # first, so that Make runs other work beside it instead of folds idling on its lock (foldstack.cache). Every round

@@ -415,13 +415,20 @@ def shares_cache(cfg: Model) -> bool:
     return cfg.kind == "embed_lr" or (cfg.kind == "transformer" and cfg.freeze_layers > 0)
 
 
+def pretrain_dir(backbone) -> str | None:
+    """models/pretrain/<name> when `backbone` names a `make pretrain` output (its YAML is that path + .yaml)."""
+    if isinstance(backbone, str) and Path(backbone).parent.as_posix() == PRETRAIN_DIR:
+        return Path(backbone).as_posix()
+    return None
+
+
 def model_deps(cfg: Model) -> list[str]:
     """Files a model's fold targets depend on besides its YAML: features/<set>.parquet per augmented set, and
     models/pretrain/<name>/done.json when its backbone (or embed_lr's) is a `make pretrain` output."""
     deps = [f"features/{name}.parquet" for name in cfg.augment]
     for backbone in (cfg.backbone, getattr(cfg.options, "backbone", None)):
-        if isinstance(backbone, str) and Path(backbone).parent.as_posix() == PRETRAIN_DIR:
-            deps.append(f"{PRETRAIN_DIR}/{Path(backbone).name}/done.json")
+        if pretrain_dir(backbone):
+            deps.append(f"{pretrain_dir(backbone)}/done.json")
     return deps
 
 
@@ -429,10 +436,9 @@ def shape_source(backbone: str) -> str:
     """The backbone whose tokenizer and shape `backbone` has, readable before `make pretrain` has written it: a
     models/pretrain/<name> directory not yet built is models/pretrain/<name>.yaml's backbone (pretraining keeps the
     tokenizer and the architecture); any other name is itself."""
-    path = Path(backbone)
-    own = path.with_name(f"{path.name}.yaml")
-    if path.parent.as_posix() == PRETRAIN_DIR and not path.is_dir() and own.is_file():
-        return load(Pretrain, own).backbone
+    built = pretrain_dir(backbone)
+    if built and not Path(built).is_dir() and Path(f"{built}.yaml").is_file():
+        return load(Pretrain, f"{built}.yaml").backbone
     return backbone
 
 

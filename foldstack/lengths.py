@@ -148,23 +148,20 @@ def transformers_in(paths: list[str]) -> dict[str, config.Model]:
     return {n: c for n, c in cfgs.items() if c.kind == "transformer"} or {"a MiniLM member": config.Model()}
 
 
-def counted_as(cfgs: dict[str, config.Model], paths: dict[str, str]) -> dict[str, config.Model]:
-    """Each config with the backbone its lengths and speed are read from: a `make pretrain` output not yet written
-    reads as the backbone it continues (config.shape_source), as prep runs first. One line naming the YAML when a
-    backbone resolves nowhere; a max_len the backbone cannot hold is left to the recommendation."""
-    from .encoder import backbone_config
-    counted = {}
-    for name, cfg in cfgs.items():
-        source = config.shape_source(cfg.backbone)
+def speeds_of(named: dict[str, config.Model], counted: dict[str, config.Model], paths: dict[str, str]) -> dict:
+    """model_speed of each model as counted (its backbone, or the one a `make pretrain` output not yet written
+    continues); reading the backbone's config is where one that resolves nowhere stops, in one line naming the YAML
+    it is written in. A max_len the backbone cannot hold is left to the recommendation."""
+    speeds = {}
+    for name, cfg in counted.items():
         where = paths.get(name, "the default MiniLM")
-        if source != cfg.backbone:
-            where = f"{cfg.backbone}.yaml (the pretraining behind {where})"
+        if cfg.backbone != named[name].backbone:
+            where = f"{config.pretrain_dir(named[name].backbone)}.yaml (the pretraining behind {where})"
         try:
-            backbone_config(source)
+            speeds[name] = model_speed(cfg)
         except config.ConfigError as err:
             raise config.ConfigError(f"{where}: {err}") from None
-        counted[name] = replace(cfg, backbone=source)
-    return counted
+    return speeds
 
 
 @one_line_errors
@@ -180,11 +177,12 @@ def main(argv=None) -> None:
     from .text import FIELD_SEP
     texts = pd.read_parquet(args.train, columns=["text"])["text"].str.replace(FIELD_SEP, " ").tolist()
     named = transformers_in(args.models)
-    cfgs = counted_as(named, {Path(p).stem: p for p in args.models})
+    # prep runs before `make pretrain`: such a backbone is counted as the one it continues
+    cfgs = {n: replace(c, backbone=config.shape_source(c.backbone)) for n, c in named.items()}
+    speeds = speeds_of(named, cfgs, {Path(p).stem: p for p in args.models})  # first: it checks the backbones
     tokenizers = {b: load_tokenizer(b) for b in {c.backbone for c in cfgs.values()}}
     by_backbone = {b: token_lengths(texts, t) for b, t in tokenizers.items()}
     counted = {n: by_backbone[c.backbone] for n, c in cfgs.items()}
-    speeds = {n: model_speed(c) for n, c in cfgs.items()}
     recs = {n: recommend(counted[n], args.n_folds, c.epochs * max(1, len(c.seeds)), args.budget_min,
                          tokenizers[c.backbone].model_max_length, speeds[n]) for n, c in cfgs.items()}
     summaries = {n: summary(counted[n], recs[n], speeds[n], args.n_folds, named[n].backbone, c.backbone)
