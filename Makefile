@@ -238,10 +238,20 @@ $(foreach r,$(ROUNDS),$(foreach m,$(if $(filter 0,$(r)),$(MODELS),$(RETRAIN)),$(
 FOLD_PLAN ?= 1
 plan_folds := $(if $(filter-out 1,$(FOLD_PLAN))$(DRY)$(call make_flag,k)$(OMP_NUM_THREADS)$(RUNNER)$(GPUS)$(filter-out \
   folds,$(MAKECMDGOALS)),,$(filter folds,$(MAKECMDGOALS)))
+# Before the waves, a shared cache that nothing could train beside (the one cache still missing, and every model of
+# the round still to train reads a cache: a transformer-only workspace) is built alone on every core, with what it
+# needs one job at a time (-j 1: two augmentation jobs of all the cores would thrash); on its share of the cores the
+# rest would idle. Beside classical members it keeps its share and they fill the other cores.
+round_models = $(if $(filter 0,$(ROUND)),$(MODELS),$(RETRAIN))
+missing = $(filter-out $(wildcard $(1)),$(1))
+cache_todo = $(call missing,$(patsubst %,features/cache/%.json,$(filter $(CACHED),$(round_models))))
+uncached_todo = $(foreach m,$(filter-out $(CACHED),$(round_models)),$(call missing,$(call fold_files,$(m),$(ROUND))))
+lone_cache = $(if $(uncached_todo),,$(if $(filter 1,$(words $(cache_todo))),$(cache_todo)))
 no_models = $(if $(MODELS),,$(error no models/*.yaml here: copy one from $(ROOT)/models/ (foldstack init ships the \
   default set)))
 folds: $(if $(plan_folds),,$(MANIFESTS))  ## k-fold training of every models/*.yaml -> folds/<m>/{oof,test}.npy (ROUND=r: folds/<m>/r<r>/)
 	$(no_models)
+	$(if $(plan_folds),$(if $(lone_cache),@$(MAKE) --no-print-directory -j 1 JOBS=1 $(lone_cache)))
 	$(if $(plan_folds),@$(MAKE) --no-print-directory $(if $(filter -j,$(MAKEFLAGS)),$(MANIFESTS),fold-waves \
 	  FOLD_JOBS=$(JOBS)))
 	$(if $(plan_folds),@$(MAKE) --no-print-directory JOBS=1 $(MANIFESTS))
@@ -251,8 +261,7 @@ folds: $(if $(plan_folds),,$(MANIFESTS))  ## k-fold training of every models/*.y
 # folds this round has still to train (a resumed run counts only those)
 ifneq ($(filter fold-waves,$(MAKECMDGOALS)),)
 FOLD_JOBS ?= 1
-round_tf := $(if $(filter 0,$(ROUND)),$(TRANSFORMERS),$(filter $(RETRAIN),$(TRANSFORMERS)))
-missing = $(filter-out $(wildcard $(1)),$(1))
+round_tf := $(filter $(TRANSFORMERS),$(round_models))
 tf_todo := $(foreach m,$(round_tf),$(call missing,$(call fold_files,$(m),$(ROUND))))
 fold_tail := $(if $(filter 1,$(shell echo $$(($(words $(tf_todo)) > $(FOLD_JOBS) && \
   $(words $(tf_todo)) % $(FOLD_JOBS) == 1)))),$(lastword $(tf_todo)))

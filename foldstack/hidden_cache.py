@@ -9,7 +9,7 @@ texts) in one length-sorted pass, stores it here, and each fold trains only the 
 
 Layout   <root>/<key>/hidden.npy   float16 [total_tokens, H], the texts' real tokens one after another
                       offsets.npy  int64 [n_texts + 1]: text i is hidden[offsets[i]:offsets[i + 1]]
-                      meta.json    the key's inputs, size, build time
+                      meta.json    the key's inputs, size, build time and threads
 The key hashes everything the numbers depend on: the backbone's files (content, so a re-pretrained backbone
 directory is a new key), max_len, truncation, the text variant, N, the attention kernel, the foldstack and
 transformers versions (tokenization and kernels) and the texts themselves in order. A changed key is a new directory; an old one is never read again. The directory is written under a
@@ -108,11 +108,11 @@ def build(model, seqs: list[np.ndarray], pad_id: int, cfg, path: Path, meta: dic
     np.save(tmp / "offsets.npy", offsets)
     size = (tmp / "hidden.npy").stat().st_size
     meta = {**meta, "n_texts": len(seqs), "n_tokens": int(offsets[-1]), "bytes": size,
-            "build_secs": time.perf_counter() - t0}
+            "build_secs": time.perf_counter() - t0, "threads": torch.get_num_threads()}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     os.rename(tmp, path)
     print(f"  frozen-layer cache {path.name}: {len(seqs)} texts, {offsets[-1]} tokens, {size / 2**20:.0f} MiB "
-          f"in {meta['build_secs']:.0f}s")
+          f"in {meta['build_secs']:.0f}s on {meta['threads']} thread(s)")
 
 
 class HiddenCache:

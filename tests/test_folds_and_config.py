@@ -218,11 +218,12 @@ def test_make_folds_without_a_model_says_so_in_one_line(tmp_path):
     assert "usage:" not in done.stderr  # not report.py's argparse complaint
 
 
-def plan_workspace(tmp_path, tiny_bert):
-    """A tiny transformer and a classical member, 3 folds."""
+def plan_workspace(tmp_path, tiny_bert, classical: bool = True):
+    """A tiny transformer with a frozen layer (so a shared cache) and, if `classical`, a classical member; 3 folds."""
     from tests.conftest import FAST, workspace, write_competition
-    models = {"m": {"backbone": str(tiny_bert), "max_len": 32},
-              "svm": {"kind": "tfidf_svm", "params": FAST["tfidf_svm"]}}
+    models = {"m": {"backbone": str(tiny_bert), "max_len": 32, "freeze_layers": 1}}
+    if classical:
+        models["svm"] = {"kind": "tfidf_svm", "params": FAST["tfidf_svm"]}
     ws = workspace(tmp_path, {"text": ["text"], "label": "label", "n_folds": 3}, models)
     write_competition(ws, n_folds=3)
     return ws
@@ -249,16 +250,34 @@ def test_fold_waves_hold_back_only_a_lone_last_wave_transformer_fold(tmp_path, t
 @pytest.mark.slow
 def test_make_j2_folds_trains_the_lone_last_fold_alone_on_every_core(tmp_path, tiny_bert):
     """`make -j 2 folds`: the transformer's folds 0-1 train side by side on half the cores each, then fold 2 alone
-    on all of them (the thread counts each fold records), and every model is gathered."""
-    import json
+    on all of them (the thread counts each fold records), and every model is gathered; the cache keeps its share,
+    the classical member beside it."""
     import os
     from tests.conftest import make
     ws = plan_workspace(tmp_path, tiny_bert)
     make(ws, "-j", "2", "folds", env={"OMP_NUM_THREADS": ""})  # blank: the Makefile's own thread counts
     cores = len(os.sched_getaffinity(0))
-    threads = [json.loads((ws / "folds" / "m" / f"fold{f}.json").read_text())["threads"] for f in range(3)]
-    assert threads == [max(1, cores // 2)] * 2 + [cores]
+    assert thread_counts(ws) == ([max(1, cores // 2)], [max(1, cores // 2)] * 2 + [cores])
     assert all((ws / "folds" / m / "manifest.json").exists() for m in ("m", "svm"))
+
+
+def thread_counts(ws) -> tuple[list[int], list[int]]:
+    """The threads that built each frozen-layer cache, and that trained the transformer's folds 0-2."""
+    import json
+    caches = [json.loads(p.read_text())["threads"] for p in (ws / "features" / "cache").glob("*/meta.json")]
+    return caches, [json.loads((ws / "folds" / "m" / f"fold{f}.json").read_text())["threads"] for f in range(3)]
+
+
+@pytest.mark.slow
+def test_make_j2_folds_builds_a_cache_with_nothing_beside_it_on_every_core(tmp_path, tiny_bert):
+    """In a transformer-only workspace nothing can train beside the frozen-layer cache: `make -j 2 folds` builds it
+    alone on every core, then trains the folds in the plan as before."""
+    import os
+    from tests.conftest import make
+    ws = plan_workspace(tmp_path, tiny_bert, classical=False)
+    make(ws, "-j", "2", "folds", env={"OMP_NUM_THREADS": ""})
+    cores = len(os.sched_getaffinity(0))
+    assert thread_counts(ws) == ([cores], [max(1, cores // 2)] * 2 + [cores])
 
 
 @pytest.mark.slow
