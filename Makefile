@@ -238,20 +238,24 @@ $(foreach r,$(ROUNDS),$(foreach m,$(if $(filter 0,$(r)),$(MODELS),$(RETRAIN)),$(
 FOLD_PLAN ?= 1
 plan_folds := $(if $(filter-out 1,$(FOLD_PLAN))$(DRY)$(call make_flag,k)$(OMP_NUM_THREADS)$(RUNNER)$(GPUS)$(filter-out \
   folds,$(MAKECMDGOALS)),,$(filter folds,$(MAKECMDGOALS)))
-# Before the waves, a shared cache that nothing could train beside (the one cache still missing, and every model of
-# the round still to train reads a cache: a transformer-only workspace) is built alone on every core, with what it
-# needs one job at a time (-j 1: two augmentation jobs of all the cores would thrash); on its share of the cores the
-# rest would idle. Beside classical members it keeps its share and they fill the other cores.
+# Before the waves, a shared cache that nothing could train beside is built alone on every core: the one cache still
+# missing, when no other model has folds left (a workspace of one frozen transformer); on its share of the cores the
+# rest would idle. What it needs is built one job at a time (SERIAL: two augmentation jobs of all the cores would
+# thrash). Its thread count, like the folds', follows from what is built when `make folds` starts, not from timing.
 round_models = $(if $(filter 0,$(ROUND)),$(MODELS),$(RETRAIN))
 missing = $(filter-out $(wildcard $(1)),$(1))
 cache_todo = $(call missing,$(patsubst %,features/cache/%.json,$(filter $(CACHED),$(round_models))))
-uncached_todo = $(foreach m,$(filter-out $(CACHED),$(round_models)),$(call missing,$(call fold_files,$(m),$(ROUND))))
-lone_cache = $(if $(uncached_todo),,$(if $(filter 1,$(words $(cache_todo))),$(cache_todo)))
+cache_owner = $(patsubst features/cache/%.json,%,$(cache_todo))
+others_todo = $(foreach m,$(filter-out $(cache_owner),$(MODELS)),$(call missing,$(call fold_files,$(m),$(ROUND))))
+lone_cache = $(if $(filter-out 1,$(JOBS)),$(if $(filter 1,$(words $(cache_todo))),$(if $(others_todo),,$(cache_todo))))
+ifdef SERIAL
+.NOTPARALLEL:
+endif
 no_models = $(if $(MODELS),,$(error no models/*.yaml here: copy one from $(ROOT)/models/ (foldstack init ships the \
   default set)))
 folds: $(if $(plan_folds),,$(MANIFESTS))  ## k-fold training of every models/*.yaml -> folds/<m>/{oof,test}.npy (ROUND=r: folds/<m>/r<r>/)
 	$(no_models)
-	$(if $(plan_folds),$(if $(lone_cache),@$(MAKE) --no-print-directory -j 1 JOBS=1 $(lone_cache)))
+	$(if $(plan_folds),$(if $(lone_cache),@$(MAKE) --no-print-directory SERIAL=1 JOBS=1 $(lone_cache)))
 	$(if $(plan_folds),@$(MAKE) --no-print-directory $(if $(filter -j,$(MAKEFLAGS)),$(MANIFESTS),fold-waves \
 	  FOLD_JOBS=$(JOBS)))
 	$(if $(plan_folds),@$(MAKE) --no-print-directory JOBS=1 $(MANIFESTS))

@@ -218,12 +218,15 @@ def test_make_folds_without_a_model_says_so_in_one_line(tmp_path):
     assert "usage:" not in done.stderr  # not report.py's argparse complaint
 
 
-def plan_workspace(tmp_path, tiny_bert, classical: bool = True):
-    """A tiny transformer with a frozen layer (so a shared cache) and, if `classical`, a classical member; 3 folds."""
+def plan_workspace(tmp_path, tiny_bert, freeze: int = 0, classical: bool = True, extra: str = ""):
+    """A tiny transformer `m` (`freeze` frozen layers: a shared cache), a classical member `svm` if `classical`, and
+    a frozen transformer `extra` if named; 3 folds."""
     from tests.conftest import FAST, workspace, write_competition
-    models = {"m": {"backbone": str(tiny_bert), "max_len": 32, "freeze_layers": 1}}
+    models = {"m": {"backbone": str(tiny_bert), "max_len": 32, "freeze_layers": freeze}}
     if classical:
         models["svm"] = {"kind": "tfidf_svm", "params": FAST["tfidf_svm"]}
+    if extra:
+        models[extra] = {"backbone": str(tiny_bert), "max_len": 32, "freeze_layers": 1}
     ws = workspace(tmp_path, {"text": ["text"], "label": "label", "n_folds": 3}, models)
     write_competition(ws, n_folds=3)
     return ws
@@ -254,7 +257,7 @@ def test_make_j2_folds_trains_the_lone_last_fold_alone_on_every_core(tmp_path, t
     the classical member beside it."""
     import os
     from tests.conftest import make
-    ws = plan_workspace(tmp_path, tiny_bert)
+    ws = plan_workspace(tmp_path, tiny_bert, freeze=1)
     make(ws, "-j", "2", "folds", env={"OMP_NUM_THREADS": ""})  # blank: the Makefile's own thread counts
     cores = len(os.sched_getaffinity(0))
     assert thread_counts(ws) == ([max(1, cores // 2)], [max(1, cores // 2)] * 2 + [cores])
@@ -274,10 +277,36 @@ def test_make_j2_folds_builds_a_cache_with_nothing_beside_it_on_every_core(tmp_p
     alone on every core, then trains the folds in the plan as before."""
     import os
     from tests.conftest import make
-    ws = plan_workspace(tmp_path, tiny_bert, classical=False)
+    ws = plan_workspace(tmp_path, tiny_bert, freeze=1, classical=False)
     make(ws, "-j", "2", "folds", env={"OMP_NUM_THREADS": ""})
     cores = len(os.sched_getaffinity(0))
     assert thread_counts(ws) == ([cores], [max(1, cores // 2)] * 2 + [cores])
+
+
+@pytest.mark.slow
+def test_a_cache_is_built_alone_only_when_no_other_model_has_folds_left(tmp_path, tiny_bert):
+    """The lone cache step's condition: under -j 2, the one cache missing and no other model's fold to train
+    (another frozen model's folds count, whether or not its cache is built); never under plain `make`."""
+    from tests.conftest import make
+
+    def lone(ws, *flags):
+        return make(ws, *flags, "--eval=show-lone: ; @echo [$(lone_cache)]", "show-lone").splitlines()[-1]
+
+    def touch(ws, *paths):
+        for path in paths:
+            (ws / path).parent.mkdir(parents=True, exist_ok=True)
+            (ws / path).write_bytes(b"")
+
+    ws = plan_workspace(tmp_path / "a", tiny_bert, freeze=1)
+    assert lone(ws, "-j2") == "[]"  # svm's folds could train beside the cache
+    touch(ws, *(f"folds/svm/fold{f}.npz" for f in range(3)))
+    assert lone(ws, "-j2") == "[features/cache/m.json]" and lone(ws) == "[]"
+    ws = plan_workspace(tmp_path / "b", tiny_bert, freeze=1, classical=False, extra="m2")
+    assert lone(ws, "-j2") == "[]"  # two caches to build: side by side on their shares
+    touch(ws, "features/cache/m.json")
+    assert lone(ws, "-j2") == "[]"  # m's folds could train beside m2's cache
+    touch(ws, *(f"folds/m/fold{f}.npz" for f in range(3)))
+    assert lone(ws, "-j2") == "[features/cache/m2.json]"
 
 
 @pytest.mark.slow
