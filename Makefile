@@ -252,8 +252,8 @@ missing = $(filter-out $(wildcard $(1)),$(1))
 cache_todo = $(call missing,$(patsubst %,features/cache/%.json,$(filter $(CACHED),$(round_models))))
 cache_owner = $(patsubst features/cache/%.json,%,$(cache_todo))
 others_todo = $(foreach m,$(filter-out $(cache_owner),$(MODELS)),$(call missing,$(call fold_files,$(m),$(ROUND))))
-lone_cache = $(if $(filter -j,$(MAKEFLAGS)),,$(if $(filter-out 1,$(JOBS)),$(if $(filter 1,$(words $(cache_todo))),$(if \
-  $(others_todo),,$(cache_todo)))))
+lone_cache = $(and $(filter-out 1,$(JOBS)),$(if $(filter -j,$(MAKEFLAGS)),,1),$(filter 1,$(words $(cache_todo))),$(if \
+  $(others_todo),,1),$(cache_todo))
 ifeq ($(origin SERIAL),command line)
 .NOTPARALLEL:
 endif
