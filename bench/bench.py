@@ -6,7 +6,8 @@ Writes bench/results/bench.json (bench-quick.json with --quick); bench/augment_s
        augment.log beside it (augment-quick.*); prints one report: settings, inference, GEMM peak, augmentation,
        targets
 Run    .venv/bin/python bench/bench.py [--train=...] [--steps=50] [--threads=N] [--reps=3] [--quick]
-       (about 16 minutes on 2 cores with the defaults; --quick is a smoke run of about 2 minutes)
+       (about 18 minutes on 2 cores with --no-augment, more with the augmentation bench; --quick is a smoke run
+       of about 2 minutes)
 
 Same backbone (the installed MiniLM + foldstack's BiLSTM head, seeded alike), same token ids (tokenized once by
 foldstack at the YAML's max_len, 64 for the demo) and the same first training rows for all three settings:
@@ -19,16 +20,16 @@ foldstack at the YAML's max_len, 64 for the demo) and the same first training ro
   recipe      the public recipe's loop: every row padded to 300 tokens, batch 10, fp32, a plain shuffled pass,
               torch.optim.AdamW (one lr, torch's defaults), linear schedule, clipping; fewer steps (it is slow),
               so the settings are compared by per-sample rates
-Each setting runs in its own process (its peak RSS, ru_maxrss, is its own); repetitions are interleaved
-(foldstack, trainer, recipe, gemm, foldstack, ...) because this machine's timing drifts 15-40% over minutes, and
-each target is a ratio of medians, with the per-repetition ratios beside it. A step is timed from the end of the
-warm-up steps to the end of the last step; tokens/s counts the real (non-pad) tokens of exactly those steps.
-Then foldstack and Trainer each train one longer pass (--quality-rows, 6,000) and score the same 1,000 held-out
-rows: "equal final quality" is judged there (the timed steps are too early in training to compare). After the
-timed steps each model predicts the same held-out rows, as many as the demo's test file (2,835): foldstack's
-predict (length-sorted, on a CPU in batches of at most 2,048 tokens as wide as their longest row, amp) and
-Trainer.predict are timed (rows/s); the recipe's model is scored with foldstack's predict in fp32 (its outputs equal padded-to-300 ones up to rounding), its
-inference is not timed.
+Each setting runs in its own process (its peak RSS, ru_maxrss, is its own); repetitions are interleaved (foldstack,
+trainer, recipe, gemm, foldstack, ...) because this machine's timing drifts 15-40% over minutes, and each target is
+the median of the per-repetition ratios (each repetition's settings ran minutes apart), with those ratios beside it.
+A step is timed from the end of the warm-up steps to the end of the last step; tokens/s counts the real (non-pad)
+tokens of exactly those steps. Then foldstack and Trainer each train one longer pass (--quality-rows, 6,000) and
+score the same 1,000 held-out rows: "equal final quality" is judged there (the timed steps are too early in training
+to compare). After the timed steps each model predicts the same held-out rows, as many as the demo's test file has
+(2,835): foldstack's predict (length-sorted, on a CPU in batches of at most 2,048 tokens as wide as their longest
+row, amp) and Trainer.predict are timed (rows/s); the recipe's model is scored with foldstack's predict in fp32 (its
+outputs equal padded-to-300 ones up to rounding), its inference is not timed.
 """
 from __future__ import annotations
 
@@ -48,8 +49,8 @@ AUGMENT = Path(__file__).resolve().with_name("augment_speed.py")
 DEFAULTS = {"steps": (50, 3), "recipe_steps": (16, 2), "warm": (3, 1), "reps": (3, 1), "eval_rows": (2835, 64),
             "gemm_n": (4096, 1024), "gemm_reps": (5, 2), "quality_rows": (6000, 96), "quality_eval": (1000, 64)}
 # Inference is timed on a test file's worth of held-out rows (the demo's test.csv has 2,835), as `make folds` and
-# `make predict` run it: length-sorting pays by the size of what is sorted. 512 rows pad 9% after sorting, 2,835
-# pad 1.6%; Trainer.predict, in row order, pads 53% at either size (demo, 64 tokens).
+# `make predict` run it: length-sorting pays by the size of what is sorted. Measured on the demo's rows at 64
+# tokens: 512 held-out rows still padded 8% after sorting, 2,835 pad 2%; Trainer.predict, in row order, 53-54%.
 # "At equal final quality": foldstack's held-out accuracy after one pass may trail Trainer's by at most this
 # (about one standard error of a difference of accuracies near 0.83 on 1,000 rows).
 QUALITY_TOLERANCE = 0.015
@@ -259,7 +260,7 @@ def target_lines(s: dict) -> str:
     rows = [[t["name"], f">= {t['needed']:.1f}x", f"{t['median']:.2f}x",
              f"{spread(t['reps'], '{:.2f}')} ({t['reps_met']}/{len(t['reps'])} reps)", t["verdict"]]
             for t in s["targets"].values()]
-    return table(["targets (ratio of medians)", "needed", "measured", "per repetition", ""], rows)
+    return table(["targets (median of per-rep ratios)", "needed", "measured", "per repetition", ""], rows)
 
 
 def report(s: dict) -> str:

@@ -48,7 +48,7 @@ def test_bench_quick_reports_every_target(tmp_path, monkeypatch):
         assert target["median"] > 0 and target["verdict"] in ("PASS", "MISS")
     assert set(summary["settings"]) == {"foldstack", "trainer", "recipe"}
     assert summary["quality"]["verdict"] in ("PASS", "MISS")
-    assert "targets (ratio of medians)" in done.stdout
+    assert "targets (median of per-rep ratios)" in done.stdout
     assert summary["settings"]["foldstack"]["train"]["samples_per_s"] > 0
 
 
