@@ -186,7 +186,9 @@ $(AUGMENT_SETS:%=features/%.parquet): features/%.parquet: $(call stamp,$(PROCESS
 # least 1) unless OMP_NUM_THREADS is set, as have the pretraining and augmentation jobs beside them (job_env). On 2
 # cores two 1-thread folds train ~1.8x the rows per second of one 2-thread fold (small batches scale poorly across
 # threads), and two 2-thread jobs would thrash.
-JOBS = $(if $(filter -j,$(MAKEFLAGS)),$$(nproc),$(or $(patsubst -j%,%,$(filter -j%,$(MAKEFLAGS))),1))
+# bare_j: `make -j` without a number (no job limit)
+bare_j = $(filter -j,$(MAKEFLAGS))
+JOBS = $(if $(bare_j),$$(nproc),$(or $(patsubst -j%,%,$(filter -j%,$(MAKEFLAGS))),1))
 fold_threads = $${OMP_NUM_THREADS:-$$(n=$$(nproc) j=$(JOBS); t=$$((n / j)); echo $$((t < 1 ? 1 : t)))}
 
 # Where a fold's command runs (foldstack.runner): GPUS=0,1,... gives each of `make -j N`'s jobs its own GPU (a lock
@@ -249,11 +251,13 @@ plan_folds := $(if $(filter-out 1,$(FOLD_PLAN))$(DRY)$(call make_flag,k)$(OMP_NU
 # thrash). Its thread count, like the folds', follows from what is built when `make folds` starts, not from timing.
 round_models = $(if $(filter 0,$(ROUND)),$(MODELS),$(RETRAIN))
 missing = $(filter-out $(wildcard $(1)),$(1))
+# $(call folds_todo,models): their fold files of this round not yet built
+folds_todo = $(foreach m,$(1),$(call missing,$(call fold_files,$(m),$(ROUND))))
 cache_todo = $(call missing,$(patsubst %,features/cache/%.json,$(filter $(CACHED),$(round_models))))
 cache_owner = $(patsubst features/cache/%.json,%,$(cache_todo))
-others_todo = $(foreach m,$(filter-out $(cache_owner),$(MODELS)),$(call missing,$(call fold_files,$(m),$(ROUND))))
-lone_cache = $(and $(filter-out 1,$(JOBS)),$(if $(filter -j,$(MAKEFLAGS)),,1),$(filter 1,$(words $(cache_todo))),$(if \
-  $(others_todo),,1),$(cache_todo))
+others_todo = $(call folds_todo,$(filter-out $(cache_owner),$(MODELS)))
+lone_cache = $(and $(filter-out 1,$(JOBS)),$(if $(bare_j),,1),$(filter 1,$(words $(cache_todo))),$(if $(others_todo),,1),\
+  $(cache_todo))
 ifeq ($(origin SERIAL),command line)
 .NOTPARALLEL:
 endif
@@ -262,8 +266,7 @@ no_models = $(if $(MODELS),,$(error no models/*.yaml here: copy one from $(ROOT)
 folds: $(if $(plan_folds),,$(MANIFESTS))  ## k-fold training of every models/*.yaml -> folds/<m>/{oof,test}.npy (ROUND=r: folds/<m>/r<r>/)
 	$(no_models)
 	$(if $(plan_folds),$(if $(lone_cache),@$(MAKE) --no-print-directory SERIAL=1 JOBS=1 $(lone_cache)))
-	$(if $(plan_folds),@$(MAKE) --no-print-directory $(if $(filter -j,$(MAKEFLAGS)),$(MANIFESTS),fold-waves \
-	  FOLD_JOBS=$(JOBS)))
+	$(if $(plan_folds),@$(MAKE) --no-print-directory $(if $(bare_j),$(MANIFESTS),fold-waves FOLD_JOBS=$(JOBS)))
 	$(if $(plan_folds),@$(MAKE) --no-print-directory JOBS=1 $(MANIFESTS))
 	@$(PY) -m foldstack.report --summary $(MANIFESTS)
 
@@ -272,7 +275,7 @@ folds: $(if $(plan_folds),,$(MANIFESTS))  ## k-fold training of every models/*.y
 ifneq ($(filter fold-waves,$(MAKECMDGOALS)),)
 FOLD_JOBS ?= 1
 round_tf := $(filter $(TRANSFORMERS),$(round_models))
-tf_todo := $(foreach m,$(round_tf),$(call missing,$(call fold_files,$(m),$(ROUND))))
+tf_todo := $(call folds_todo,$(round_tf))
 fold_tail := $(if $(filter 1,$(shell echo $$(($(words $(tf_todo)) > $(FOLD_JOBS) && \
   $(words $(tf_todo)) % $(FOLD_JOBS) == 1)))),$(lastword $(tf_todo)))
 fold-waves: $(filter-out $(fold_tail),$(foreach m,$(MODELS),$(call fold_files,$(m),$(ROUND))))
