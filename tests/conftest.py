@@ -56,13 +56,9 @@ def no_network():
 def own_tmpdir(tmp_path_factory):
     """The subprocesses' temporary files go under pytest's own folder, which pytest prunes: each test workspace's
     `make -n` otherwise leaves its shadow stamps behind as one /tmp/foldstack-dry-<key> per workspace."""
-    old = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("tmp"))
-    yield
-    if old is None:
-        os.environ.pop("TMPDIR", None)
-    else:
-        os.environ["TMPDIR"] = old
+    with pytest.MonkeyPatch.context() as mp:  # the session-scoped monkeypatch: TMPDIR comes back afterwards
+        mp.setenv("TMPDIR", str(tmp_path_factory.mktemp("tmp")))
+        yield
 
 
 WORDS = ("movie film plot actor scene story great boring awful brilliant funny slow script director music "
