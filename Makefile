@@ -252,7 +252,7 @@ plan_folds := $(if $(filter-out 1,$(FOLD_PLAN))$(DRY)$(call make_flag,k)$(OMP_NU
 round_models = $(if $(filter 0,$(ROUND)),$(MODELS),$(RETRAIN))
 missing = $(filter-out $(wildcard $(1)),$(1))
 # $(call folds_todo,models): their fold files of this round not yet built. Stripped: foreach joins its models' empty
-# lists with blanks, which $(if) counts as true (a workspace of three done models would never build a lone cache).
+# lists with blanks, which $(if) counts as true (with two or more other models done, a lone cache was never built).
 folds_todo = $(strip $(foreach m,$(1),$(call missing,$(call fold_files,$(m),$(ROUND)))))
 cache_todo = $(call missing,$(patsubst %,features/cache/%.json,$(filter $(CACHED),$(round_models))))
 cache_owner = $(patsubst features/cache/%.json,%,$(cache_todo))
