@@ -309,7 +309,7 @@ def test_a_cache_is_built_alone_only_when_no_other_model_has_folds_left(tmp_path
     assert lone(ws, "-j2") == "[features/cache/m2.json]"
     ws = plan_workspace(tmp_path / "c", tiny_bert, freeze=1, extra="m2")  # a member added to a trained workspace
     touch(ws, "features/cache/m.json", *(f"folds/{m}/fold{f}.npz" for m in ("m", "svm") for f in range(3)))
-    assert lone(ws, "-j2") == "[features/cache/m2.json]"  # two models with nothing left: still nothing left
+    assert lone(ws, "-j2") == "[features/cache/m2.json]"  # m and svm done: their empty fold lists are no work
 
 
 @pytest.mark.slow
