@@ -196,6 +196,9 @@ fold_threads = $${OMP_NUM_THREADS:-$$(n=$$(nproc) j=$(JOBS); t=$$((n / j)); echo
 # for a transformer when the cluster has GPUs). Make still decides what is pending: `make -j 16 folds RUNNER=ray`.
 RUNNER ?=
 GPUS ?=
+# A blank value from the environment (RUNNER=" ") is no value: $(if) and the plan's checks count blanks as set.
+override RUNNER := $(strip $(RUNNER))
+override GPUS := $(strip $(GPUS))
 RAY_CPUS ?= 1
 $(if $(filter-out ray,$(RUNNER)),$(error RUNNER=$(RUNNER): the only runner is ray (or leave RUNNER unset)))
 RUN = $(if $(RUNNER),$(PY) -m foldstack.runner --ray --cpus=$(RAY_CPUS) --,$(if $(GPUS),$(PY) -m foldstack.runner \

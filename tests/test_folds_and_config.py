@@ -313,6 +313,18 @@ def test_a_cache_is_built_alone_only_when_no_other_model_has_folds_left(tmp_path
 
 
 @pytest.mark.slow
+def test_a_blank_runner_or_gpus_counts_as_unset(tmp_path, tiny_bert):
+    """RUNNER=" " or GPUS=" " in the environment (Make strips a blank given on its command line, not there) runs
+    folds here on their share of the cores, as if unset: no runner, nothing left for the fold plan's checks."""
+    from tests.conftest import make
+    ws = plan_workspace(tmp_path, tiny_bert)
+    for blank in ("RUNNER", "GPUS"):
+        shown = make(ws, "-j2", "--eval=show: ; @echo [$(RUN)][$(RUNNER)$(GPUS)] $(fold_env)", "show",
+                     env={blank: " "})
+        assert shown.splitlines()[-1].startswith("[][] OMP_NUM_THREADS="), blank
+
+
+@pytest.mark.slow
 def test_pretraining_and_augmentation_take_their_share_of_the_cores_beside_the_folds(tmp_path, tiny_bert):
     """Under `make -j 2 folds` a model's pretraining and augmentation run beside folds: like a fold, each gets
     cores / 2 threads (two jobs of all the cores each would thrash)."""
