@@ -199,9 +199,6 @@ GPUS ?=
 # A blank value from the environment (RUNNER=" ") is no value: $(if) and the plan's checks count blanks as set.
 override RUNNER := $(strip $(RUNNER))
 override GPUS := $(strip $(GPUS))
-# Exported as stripped: sub-makes (`make demo`'s folds) see the same value whatever make does with overridden
-# environment variables.
-export RUNNER GPUS
 RAY_CPUS ?= 1
 $(if $(filter-out ray,$(RUNNER)),$(error RUNNER=$(RUNNER): the only runner is ray (or leave RUNNER unset)))
 RUN = $(if $(RUNNER),$(PY) -m foldstack.runner --ray --cpus=$(RAY_CPUS) --,$(if $(GPUS),$(PY) -m foldstack.runner \
