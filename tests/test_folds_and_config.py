@@ -232,6 +232,12 @@ def plan_workspace(tmp_path, tiny_bert, freeze: int = 0, classical: bool = True,
     return ws
 
 
+def make_echo(ws, text: str, *flags: str, env: dict | None = None) -> str:
+    """What the workspace's Makefile expands `text` to under `make flags` (with `env` added)."""
+    from tests.conftest import make
+    return make(ws, *flags, f"--eval=echo-it: ; @echo {text}", "echo-it", env=env).splitlines()[-1]
+
+
 @pytest.mark.slow
 def test_fold_waves_hold_back_only_a_lone_last_wave_transformer_fold(tmp_path, tiny_bert):
     """fold-waves trains every fold but the transformers' lone last-wave fold, which `make folds` then trains alone
@@ -287,10 +293,9 @@ def test_make_j2_folds_builds_a_cache_with_nothing_beside_it_on_every_core(tmp_p
 def test_a_cache_is_built_alone_only_when_no_other_model_has_folds_left(tmp_path, tiny_bert):
     """The lone cache step's condition: under -j 2, the one cache missing and no other model's fold to train
     (another frozen model's folds count, whether or not its cache is built); never under plain `make`."""
-    from tests.conftest import make
 
     def lone(ws, *flags):
-        return make(ws, *flags, "--eval=show-lone: ; @echo [$(lone_cache)]", "show-lone").splitlines()[-1]
+        return make_echo(ws, "[$(lone_cache)]", *flags)
 
     def touch(ws, *paths):
         for path in paths:
@@ -316,12 +321,10 @@ def test_a_cache_is_built_alone_only_when_no_other_model_has_folds_left(tmp_path
 def test_a_blank_runner_or_gpus_counts_as_unset(tmp_path, tiny_bert):
     """RUNNER=" " or GPUS=" " in the environment (Make strips a blank given on its command line, not there) runs
     folds here on their share of the cores, as if unset: no runner, nothing left for the fold plan's checks."""
-    from tests.conftest import make
     ws = plan_workspace(tmp_path, tiny_bert)
     for blank in ("RUNNER", "GPUS"):
-        shown = make(ws, "-j2", "--eval=show: ; @echo [$(RUN)][$(RUNNER)$(GPUS)] $(fold_env)", "show",
-                     env={blank: " "})
-        assert shown.splitlines()[-1].startswith("[][] OMP_NUM_THREADS="), blank
+        shown = make_echo(ws, "[$(RUN)][$(RUNNER)$(GPUS)] $(fold_env)", "-j2", env={blank: " "})
+        assert shown.startswith("[][] OMP_NUM_THREADS="), blank
 
 
 @pytest.mark.slow
