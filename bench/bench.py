@@ -229,7 +229,8 @@ def hardware_lines(s: dict) -> str:
     return "\n".join([
         f"hardware: GEMM {a['gemm_n']}x{a['gemm_n']}, best of {a['gemm_reps']}, {s['threads']} threads: "
         + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in h["gemm"].items())
-        + ("" if "bf16" in h["gemm"] else " (bf16 not measured: this CPU has no native bf16)"),
+        + ("" if "bf16" in h["gemm"] else
+           " (bf16 not measured: not native at these torch kernels: the CPU lacks it, or CPU_ISA caps it)"),
         f"  foldstack training ({h['precision']}): {h['train_flops'] / 1e9:.1f} model GFLOP/s = "
         f"{median(h['of_peak']):.1%} of the {h['precision']} peak ({spread(h['of_peak'], '{:.1%}')} over reps)",
         f"  model FLOPs = {h['formula']}; N = {h['size']['non_embedding_params'] / 1e6:.1f}M, "
