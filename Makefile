@@ -15,6 +15,8 @@ TORCH_SPEC ?= torch==2.13.0
 COMP ?= data/competition.yaml
 SOLUTION ?= data/solution.csv
 SUB ?=
+# A blank value from the environment (SUB=" ") is no value, as for RUNNER below.
+override SUB := $(strip $(SUB))
 # CPU_ISA=avx2 runs an AVX-512 / AMX machine as an AVX2-only one, the slow kind: torch's kernels, MKL's GEMMs and
 # oneDNN are capped at AVX2, so `amp: auto` is fp32 (trainer.cpu_has_bf16). For measuring, e.g. `make demo
 # CPU_ISA=avx2` or `make bench CPU_ISA=avx2`; empty (the default) leaves the CPU as it is.
@@ -81,6 +83,7 @@ FOLD_IDS := $(shell seq 0 $$(($(N_FOLDS) - 1)))
 # ROUND=r picks the round that folds, submit, score and report build; rules exist for rounds 0..ROUND, so round r
 # builds whatever it lacks.
 ROUND ?= 0
+override ROUND := $(or $(strip $(ROUND)),0)
 ROUNDS := $(shell seq 0 $(ROUND) 2>/dev/null)
 $(if $(filter $(ROUND),$(ROUNDS)),,$(error ROUND=$(ROUND) is not a round number (0, 1, 2 ...)))
 round_dir = $(1)$(if $(filter 0,$(2)),,/r$(2))

@@ -318,13 +318,16 @@ def test_a_cache_is_built_alone_only_when_no_other_model_has_folds_left(tmp_path
 
 
 @pytest.mark.slow
-def test_a_blank_runner_or_gpus_counts_as_unset(tmp_path, tiny_bert):
+def test_a_blank_runner_gpus_round_or_sub_counts_as_unset(tmp_path, tiny_bert):
     """RUNNER=" " or GPUS=" " in the environment (Make strips a blank given on its command line, not there) runs
-    folds here on their share of the cores, as if unset: no runner, nothing left for the fold plan's checks."""
+    folds here on their share of the cores, as if unset: no runner, nothing left for the fold plan's checks. A blank
+    ROUND is round 0 and a blank SUB scores the blend, as if unset."""
     ws = plan_workspace(tmp_path, tiny_bert)
     for blank in ("RUNNER", "GPUS"):
         shown = make_echo(ws, "[$(RUN)][$(RUNNER)$(GPUS)] $(fold_env)", "-j2", env={blank: " "})
         assert shown.startswith("[][] OMP_NUM_THREADS="), blank
+    assert make_echo(ws, "[$(ROUND)][$(SUB)][$(or $(SUB),submit)]", env={"ROUND": " ", "SUB": " "}) == "[0][][submit]"
+    assert make_echo(ws, "[$(ROUND)]", "ROUND=1") == "[1]"
 
 
 @pytest.mark.slow
