@@ -81,7 +81,7 @@ FOLD_IDS := $(shell seq 0 $$(($(N_FOLDS) - 1)))
 # scratch with features/pseudo_r<r>.parquet and writes folds/<m>/r<r>/, ensemble/r<r>/<method>/,
 # submissions/r<r>/<method>.csv; a model not in RETRAIN takes part in every round with its round-0 folds/<m>/.
 # ROUND=r picks the round that folds, submit, score and report build; rules exist for rounds 0..ROUND, so round r
-# builds whatever it lacks.
+# builds whatever it lacks. A blank ROUND (ROUND=" " from the environment) is round 0.
 ROUND ?= 0
 override ROUND := $(or $(strip $(ROUND)),0)
 ROUNDS := $(shell seq 0 $(ROUND) 2>/dev/null)
