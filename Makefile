@@ -15,8 +15,6 @@ TORCH_SPEC ?= torch==2.13.0
 COMP ?= data/competition.yaml
 SOLUTION ?= data/solution.csv
 SUB ?=
-# A blank value from the environment (SUB=" ") is no value, as for RUNNER below.
-override SUB := $(strip $(SUB))
 # CPU_ISA=avx2 runs an AVX-512 / AMX machine as an AVX2-only one, the slow kind: torch's kernels, MKL's GEMMs and
 # oneDNN are capped at AVX2, so `amp: auto` is fp32 (trainer.cpu_has_bf16). For measuring, e.g. `make demo
 # CPU_ISA=avx2` or `make bench CPU_ISA=avx2`; empty (the default) leaves the CPU as it is.
@@ -81,8 +79,7 @@ FOLD_IDS := $(shell seq 0 $$(($(N_FOLDS) - 1)))
 # scratch with features/pseudo_r<r>.parquet and writes folds/<m>/r<r>/, ensemble/r<r>/<method>/,
 # submissions/r<r>/<method>.csv; a model not in RETRAIN takes part in every round with its round-0 folds/<m>/.
 # ROUND=r picks the round that folds, submit, score and report build; rules exist for rounds 0..ROUND, so round r
-# builds whatever it lacks. A blank ROUND (ROUND=" " from the environment) is round 0.
-ROUND ?= 0
+# builds whatever it lacks. Unset or blank (ROUND=" " from the environment), it is round 0.
 override ROUND := $(or $(strip $(ROUND)),0)
 ROUNDS := $(shell seq 0 $(ROUND) 2>/dev/null)
 $(if $(filter $(ROUND),$(ROUNDS)),,$(error ROUND=$(ROUND) is not a round number (0, 1, 2 ...)))
@@ -200,8 +197,7 @@ fold_threads = $${OMP_NUM_THREADS:-$$(n=$$(nproc) j=$(JOBS); t=$$((n / j)); echo
 RUNNER ?=
 GPUS ?=
 # A blank value from the environment (RUNNER=" ") is no value: $(if) and the plan's checks count blanks as set.
-override RUNNER := $(strip $(RUNNER))
-override GPUS := $(strip $(GPUS))
+$(foreach v,RUNNER GPUS SUB,$(eval override $(v) := $(strip $($(v)))))
 RAY_CPUS ?= 1
 $(if $(filter-out ray,$(RUNNER)),$(error RUNNER=$(RUNNER): the only runner is ray (or leave RUNNER unset)))
 RUN = $(if $(RUNNER),$(PY) -m foldstack.runner --ray --cpus=$(RAY_CPUS) --,$(if $(GPUS),$(PY) -m foldstack.runner \
